@@ -1,0 +1,184 @@
+"""Config keys of crbp-detectron (`add_crbp_config`), their validation, and config-file lookup.
+
+Every key lives under MODEL.CRBP. Which blocks are recurrent is chosen the Detectron2 way, by
+registered name: MODEL.ROI_MASK_HEAD.NAME = "CRBPMaskHead" (the published model) and/or
+MODEL.BACKBONE.NAME = "build_resnet_crbp_fpn_backbone" (recurrence inside the FPN).
+"""
+import os
+from typing import Optional
+
+from detectron2.config import CfgNode as _D2CfgNode
+from detectron2.config import get_cfg as _d2_get_cfg
+
+from .crbp.cells import EXCITATIONS, GATES, NONLINEARITIES
+from .crbp.penalties import PENALTIES, REDUCTIONS
+from .crbp.recurrence import MODES
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+MODEL_ZOO_PREFIX = "model_zoo:"  # _BASE_: "model_zoo:COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml"
+CELL_TYPES = ("hgru", "convgru")
+CELL_NORMS = ("GN", "BN", "")
+FPN_LEVELS = ("p2", "p3", "p4", "p5")
+
+
+def add_crbp_config(cfg):
+    """Adds the MODEL.CRBP node. Defaults reproduce the paper's COCO model (Linsley et al. 2020):
+    C-RBP, 20 steps, 15 Neumann terms, LCP with lambda 0.95 summed, weight 0.001, and a 256-channel
+    hGRU with a GALA gate, 3x3 kernels, GroupNorm and softplus in the mask head."""
+    _C = cfg
+    CN = type(cfg)  # nodes of the cfg's own class, or yacs refuses to merge them
+    _C.MODEL.CRBP = CN()
+    _C.MODEL.CRBP.MODE = "crbp"  # crbp | rbp | bptt | cbptt
+    _C.MODEL.CRBP.STEPS = 20  # iterations in training (the recorded one included)
+    _C.MODEL.CRBP.TEST_STEPS = 0  # iterations at test time; 0 = STEPS
+    _C.MODEL.CRBP.TOL = 0.0  # early stop when ||h_t+1 - h_t|| / ||h_t+1|| < TOL; 0 = never
+    _C.MODEL.CRBP.NEUMANN_STEPS = 15
+    _C.MODEL.CRBP.NEUMANN_TOL = 1e-4  # relative to ||dL/dh*||
+    _C.MODEL.CRBP.DIVERGENCE_PATIENCE = 3  # growing Neumann terms in a row that count as divergence
+    # Stop training with an error after this many backward passes in a row in which a block's
+    # Neumann series diverged; 0 = never stop (divergences are still counted in the metrics).
+    _C.MODEL.CRBP.MAX_CONSECUTIVE_DIVERGENCES = 0
+    _C.MODEL.CRBP.PENALTY = "lcp"  # lcp | jacobian_frobenius | none
+    _C.MODEL.CRBP.LCP_LAMBDA = 0.95
+    _C.MODEL.CRBP.PENALTY_REDUCTION = "sum"  # sum | mean over state elements
+    _C.MODEL.CRBP.PENALTY_WEIGHT = 0.001
+    _C.MODEL.CRBP.HUTCHINSON_SAMPLES = 1
+
+    _C.MODEL.CRBP.CELL = CN()
+    _C.MODEL.CRBP.CELL.TYPE = "hgru"  # hgru | convgru
+    _C.MODEL.CRBP.CELL.KERNEL_SIZE = 3
+    _C.MODEL.CRBP.CELL.NORM = "GN"  # GN | BN | "" (inside the cell)
+    _C.MODEL.CRBP.CELL.NUM_GROUPS = 32
+    _C.MODEL.CRBP.CELL.GATE = "gala"  # gala | conv (hGRU inhibition gate)
+    _C.MODEL.CRBP.CELL.NONLINEARITY = "softplus"
+    _C.MODEL.CRBP.CELL.INHIBITION_ETA = False  # COCO cell: h1 = eta(x - c1 (alpha h + mu))
+    _C.MODEL.CRBP.CELL.EXCITATION = "simple"  # simple: h~ = eta(c2); full: eta(k h1 + g c2 + w h1 c2)
+    _C.MODEL.CRBP.CELL.OUTPUT_ETA = False
+
+    _C.MODEL.CRBP.MASK_HEAD = CN()
+    _C.MODEL.CRBP.MASK_HEAD.OUTPUT_NORM = "BN"  # norm after the cell (the paper: SyncBN)
+
+    _C.MODEL.CRBP.FPN = CN()
+    _C.MODEL.CRBP.FPN.LEVELS = ["p2", "p3", "p4", "p5"]  # FPN outputs made recurrent
+    _C.MODEL.CRBP.FPN.SHARE_CELL = False  # one cell for every level instead of one per level
+    return cfg
+
+
+class CRBPCfgNode(_D2CfgNode):
+    """Detectron2's CfgNode, plus `_BASE_: "model_zoo:<name>"` resolving to a Detectron2
+    model-zoo config, so our configs chain onto the installed model zoo wherever it is."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False):
+        at = filename.find(MODEL_ZOO_PREFIX)
+        if at >= 0:  # Detectron2 joins a relative _BASE_ onto the including file's folder
+            filename = model_zoo_config_file(filename[at + len(MODEL_ZOO_PREFIX):])
+        return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+
+
+def get_cfg() -> CRBPCfgNode:
+    """Detectron2's defaults plus MODEL.CRBP, as a CRBPCfgNode."""
+    cfg = CRBPCfgNode(_d2_get_cfg())
+    add_crbp_config(cfg)
+    return cfg
+
+
+def model_zoo_config_file(name: str) -> str:
+    from detectron2 import model_zoo
+
+    try:
+        return model_zoo.get_config_file(name)
+    except RuntimeError as e:
+        raise FileNotFoundError(f"{name!r} is not a config in Detectron2's model zoo ({e})") from None
+
+
+def resolve_config_file(name: str) -> str:
+    """A config path from a path, a packaged config name ("panoptic_crbp.yaml",
+    "COCO-PanopticSegmentation/panoptic_crbp_R_50_1x.yaml"), or a Detectron2 model-zoo name."""
+    if os.path.isfile(name):
+        return os.path.abspath(name)
+    packaged = os.path.join(CONFIG_DIR, name)
+    if os.path.isfile(packaged):
+        return packaged
+    if name.startswith(MODEL_ZOO_PREFIX):
+        name = name[len(MODEL_ZOO_PREFIX):]
+    try:
+        return model_zoo_config_file(name)
+    except FileNotFoundError:
+        pass
+    raise FileNotFoundError(
+        f"Config file {name!r} not found: it is neither a file, nor a config packaged with "
+        f"crbp_detectron (under {CONFIG_DIR}), nor a Detectron2 model-zoo config.")
+
+
+def load_config(name: str, opts: Optional[list] = None) -> CRBPCfgNode:
+    """get_cfg() + the config file (resolved by `resolve_config_file`) + opts, validated."""
+    cfg = get_cfg()
+    cfg.merge_from_file(resolve_config_file(name))
+    if opts:
+        cfg.merge_from_list(list(opts))
+    validate_crbp_config(cfg)
+    return cfg
+
+
+def _fail(key, value, allowed):
+    raise ValueError(f"Invalid config {key} = {value!r}: {allowed}")
+
+
+def _check_choice(node, key, choices, prefix):
+    value = getattr(node, key)
+    if value not in choices:
+        _fail(prefix + key, value, f"must be one of {tuple(choices)}")
+
+
+def _check_number(node, key, prefix, low=None, high=None, integer=False, low_open=False):
+    value = getattr(node, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        _fail(prefix + key, value, "must be an integer" if integer else "must be a number")
+    if value != value:  # NaN
+        _fail(prefix + key, value, "must not be NaN")
+    if low is not None and (value <= low if low_open else value < low):
+        _fail(prefix + key, value, f"must be {'>' if low_open else '>='} {low}")
+    if high is not None and value > high:
+        _fail(prefix + key, value, f"must be <= {high}")
+
+
+def validate_crbp_config(cfg):
+    """Raises ValueError naming the key, the value and what is allowed, for any bad MODEL.CRBP key."""
+    if not hasattr(cfg.MODEL, "CRBP"):
+        raise ValueError("cfg has no MODEL.CRBP: call crbp_detectron.add_crbp_config(cfg) first")
+    c, p = cfg.MODEL.CRBP, "MODEL.CRBP."
+    _check_choice(c, "MODE", MODES, p)
+    _check_number(c, "STEPS", p, low=1, integer=True)
+    _check_number(c, "TEST_STEPS", p, low=0, integer=True)
+    _check_number(c, "TOL", p, low=0)
+    _check_number(c, "NEUMANN_STEPS", p, low=0, integer=True)
+    _check_number(c, "NEUMANN_TOL", p, low=0)
+    _check_number(c, "DIVERGENCE_PATIENCE", p, low=1, integer=True)
+    _check_number(c, "MAX_CONSECUTIVE_DIVERGENCES", p, low=0, integer=True)
+    _check_choice(c, "PENALTY", PENALTIES, p)
+    _check_number(c, "LCP_LAMBDA", p, low=0, low_open=True)
+    _check_choice(c, "PENALTY_REDUCTION", REDUCTIONS, p)
+    _check_number(c, "PENALTY_WEIGHT", p, low=0)
+    _check_number(c, "HUTCHINSON_SAMPLES", p, low=1, integer=True)
+    cell, pc = c.CELL, p + "CELL."
+    _check_choice(cell, "TYPE", CELL_TYPES, pc)
+    _check_number(cell, "KERNEL_SIZE", pc, low=1, integer=True)
+    if cell.KERNEL_SIZE % 2 == 0:
+        _fail(pc + "KERNEL_SIZE", cell.KERNEL_SIZE, "must be odd")
+    _check_choice(cell, "NORM", CELL_NORMS, pc)
+    _check_number(cell, "NUM_GROUPS", pc, low=1, integer=True)
+    _check_choice(cell, "GATE", GATES, pc)
+    _check_choice(cell, "NONLINEARITY", tuple(NONLINEARITIES), pc)
+    _check_choice(cell, "EXCITATION", EXCITATIONS, pc)
+    for key in ("INHIBITION_ETA", "OUTPUT_ETA"):
+        if not isinstance(getattr(cell, key), bool):
+            _fail(pc + key, getattr(cell, key), "must be true or false")
+    channels = cfg.MODEL.FPN.OUT_CHANNELS
+    if cell.NORM == "GN" and channels % min(cell.NUM_GROUPS, channels):
+        _fail(pc + "NUM_GROUPS", cell.NUM_GROUPS, f"must divide the {channels} channels (MODEL.FPN.OUT_CHANNELS)")
+    levels = list(c.FPN.LEVELS)
+    bad = [lv for lv in levels if lv not in FPN_LEVELS]
+    if bad or not levels or len(set(levels)) != len(levels):
+        _fail(p + "FPN.LEVELS", levels, f"must be a non-empty list of distinct levels from {FPN_LEVELS}")
+    return cfg

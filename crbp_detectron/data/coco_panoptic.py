@@ -1,0 +1,251 @@
+"""COCO panoptic data for Panoptic FPN's "separated" format: metadata from a categories list,
+semantic "stuff" PNGs and detection-format instances derived from the panoptic annotations,
+validation with errors that name the file and the problem, and registration with Detectron2's
+`register_coco_panoptic_separated`.
+
+Stuff PNG convention (Panoptic FPN / Detectron2): every "thing" pixel -> 0, stuff category k ->
+its contiguous id 1..#stuff, void -> 255.
+"""
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+IGNORE_LABEL = 255
+THINGS_STUFF_ID = 0  # the stuff class every thing pixel gets in the separated format
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, malformed or inconsistent; the message names the file."""
+
+
+# ---------------------------------------------------------------------------------- reading
+def load_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG colour -> segment id (R + 256 G + 256^2 B)."""
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.stack([ids % 256, (ids // 256) % 256, ids // (256 * 256)], axis=-1).astype(np.uint8)
+
+
+def read_panoptic_png(path: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: panoptic PNG not found")
+    with Image.open(path) as im:
+        return rgb_to_id(np.asarray(im.convert("RGB")))
+
+
+# ---------------------------------------------------------------------------------- metadata
+def panoptic_separated_metadata(categories: Sequence[dict]) -> dict:
+    """Detectron2 metadata of the separated format from COCO panoptic categories
+    ({"id", "name", "isthing", "color"}). Stuff contiguous ids start at 1: id 0 is "things"."""
+    things = [c for c in categories if c["isthing"]]
+    stuff = [c for c in categories if not c["isthing"]]
+    stuff_map = {c["id"]: i + 1 for i, c in enumerate(stuff)}
+    stuff_map[THINGS_STUFF_ID] = 0
+    return {
+        "thing_classes": [c["name"] for c in things],
+        "thing_colors": [list(c.get("color", (220, 20, 60))) for c in things],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(things)},
+        "stuff_classes": ["things"] + [c["name"] for c in stuff],
+        "stuff_colors": [[82, 18, 128]] + [list(c.get("color", (128, 128, 128))) for c in stuff],
+        "stuff_dataset_id_to_contiguous_id": stuff_map,
+    }
+
+
+def semantic_from_panoptic(ids: np.ndarray, segments_info: Sequence[dict], categories_by_id: Dict[int, dict],
+                           stuff_contiguous: Dict[int, int]) -> np.ndarray:
+    """The stuff PNG of one image: things -> 0, stuff -> contiguous id, void -> 255."""
+    out = np.full(ids.shape, IGNORE_LABEL, dtype=np.uint8)
+    for seg in segments_info:
+        category = categories_by_id[seg["category_id"]]
+        out[ids == seg["id"]] = THINGS_STUFF_ID if category["isthing"] else stuff_contiguous[category["id"]]
+    return out
+
+
+# ---------------------------------------------------------------------------------- validation
+def check_panoptic_annotation(ann: dict, ids: np.ndarray, image_info: dict, categories_by_id: Dict[int, dict],
+                              png_path: str):
+    """Segment ids in the PNG and in the JSON agree, categories exist, size matches."""
+    expected = (image_info.get("height"), image_info.get("width"))
+    if None not in expected and ids.shape != expected:
+        raise DatasetError(f"{png_path}: size {ids.shape[1]}x{ids.shape[0]} does not match the declared "
+                           f"{expected[1]}x{expected[0]} of image {image_info.get('file_name')}")
+    declared = {s["id"] for s in ann["segments_info"]}
+    present = set(np.unique(ids).tolist()) - {0}
+    if declared - present:
+        raise DatasetError(f"{png_path}: segment ids {sorted(declared - present)[:10]} are listed in the "
+                           "panoptic JSON but absent from the PNG")
+    if present - declared:
+        raise DatasetError(f"{png_path}: segment ids {sorted(present - declared)[:10]} appear in the PNG but "
+                           "are not listed in the panoptic JSON's segments_info")
+    unknown = {s["category_id"] for s in ann["segments_info"]} - set(categories_by_id)
+    if unknown:
+        raise DatasetError(f"{png_path}: unknown category ids {sorted(unknown)} (not in the JSON's categories)")
+
+
+def _annotation_index(panoptic: dict, json_path: str):
+    for key in ("images", "annotations", "categories"):
+        if key not in panoptic:
+            raise DatasetError(f"{json_path}: missing the '{key}' list of a COCO panoptic JSON")
+    images = {im["id"]: im for im in panoptic["images"]}
+    categories = {c["id"]: c for c in panoptic["categories"]}
+    for ann in panoptic["annotations"]:
+        if ann["image_id"] not in images:
+            raise DatasetError(f"{json_path}: annotation {ann.get('file_name')} refers to image id "
+                               f"{ann['image_id']}, which is not in 'images'")
+    return images, categories
+
+
+# ---------------------------------------------------------------------------------- conversion
+def _write_one_stuff_png(job):
+    ann, image_info, categories, stuff_map, panoptic_root, out_dir = job
+    out_path = os.path.join(out_dir, ann["file_name"])
+    if os.path.isfile(out_path):  # resumable: keep a finished file that decodes at the right size
+        try:
+            with Image.open(out_path) as im:
+                if im.size == (image_info["width"], image_info["height"]):
+                    return out_path, False
+        except OSError:
+            pass
+    png_path = os.path.join(panoptic_root, ann["file_name"])
+    ids = read_panoptic_png(png_path)
+    check_panoptic_annotation(ann, ids, image_info, categories, png_path)
+    semantic = semantic_from_panoptic(ids, ann["segments_info"], categories, stuff_map)
+    tmp = out_path + ".tmp.png"
+    Image.fromarray(semantic).save(tmp)
+    os.replace(tmp, out_path)  # atomic: an interrupted run never leaves a half-written PNG
+    return out_path, True
+
+
+def write_stuff_pngs(panoptic_json: str, panoptic_root: str, out_dir: str, workers: int = 0,
+                     progress: bool = True) -> Dict[str, int]:
+    """Writes one stuff PNG per panoptic annotation into `out_dir` (skips finished ones).
+    Returns {"written": n, "skipped": m}."""
+    panoptic = load_json(panoptic_json)
+    images, categories = _annotation_index(panoptic, panoptic_json)
+    if not os.path.isdir(panoptic_root):
+        raise DatasetError(f"{panoptic_root}: panoptic PNG folder not found")
+    stuff_map = panoptic_separated_metadata(panoptic["categories"])["stuff_dataset_id_to_contiguous_id"]
+    os.makedirs(out_dir, exist_ok=True)
+    jobs = [(ann, images[ann["image_id"]], categories, stuff_map, panoptic_root, out_dir)
+            for ann in panoptic["annotations"]]
+    counts = {"written": 0, "skipped": 0}
+    workers = workers or min(8, os.cpu_count() or 1)
+    from tqdm import tqdm
+
+    def consume(results):
+        for _, wrote in tqdm(results, total=len(jobs), disable=not progress, desc="stuff PNGs", unit="img"):
+            counts["written" if wrote else "skipped"] += 1
+
+    if workers <= 1 or len(jobs) < 8:
+        consume(map(_write_one_stuff_png, jobs))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            consume(pool.map(_write_one_stuff_png, jobs, chunksize=16))
+    return counts
+
+
+def panoptic_to_instances(panoptic_json: str, panoptic_root: str, out_json: Optional[str] = None) -> dict:
+    """COCO detection-format "things" annotations (RLE masks) derived from panoptic annotations,
+    for datasets without an instances JSON (the project's demo data, the COCO sample)."""
+    from pycocotools import mask as mask_util
+
+    panoptic = load_json(panoptic_json)
+    images, categories = _annotation_index(panoptic, panoptic_json)
+    annotations = []
+    for ann in panoptic["annotations"]:
+        png_path = os.path.join(panoptic_root, ann["file_name"])
+        ids = read_panoptic_png(png_path)
+        check_panoptic_annotation(ann, ids, images[ann["image_id"]], categories, png_path)
+        for seg in ann["segments_info"]:
+            if not categories[seg["category_id"]]["isthing"]:
+                continue
+            mask = np.asfortranarray((ids == seg["id"]).astype(np.uint8))
+            rle = mask_util.encode(mask)
+            rle["counts"] = rle["counts"].decode("ascii")
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": ann["image_id"], "category_id": seg["category_id"],
+                "segmentation": rle, "area": float(mask_util.area(rle)),
+                "bbox": [float(v) for v in mask_util.toBbox(rle)], "iscrowd": int(seg.get("iscrowd", 0)),
+            })
+    out = {"images": panoptic["images"], "annotations": annotations,
+           "categories": [c for c in panoptic["categories"] if c["isthing"]]}
+    if out_json:
+        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+        with open(out_json, "w") as f:
+            json.dump(out, f)
+    return out
+
+
+# ---------------------------------------------------------------------------------- registration
+def validate_panoptic_dataset(image_root: str, panoptic_root: str, panoptic_json: str, sem_seg_root: str,
+                              instances_json: str, check_pngs: bool = True) -> dict:
+    """Checks that every file a separated panoptic dataset needs exists and agrees; returns the
+    panoptic JSON. Errors name the file and the problem."""
+    for path, what in ((image_root, "image folder"), (panoptic_root, "panoptic PNG folder"),
+                       (sem_seg_root, "stuff PNG folder (run datasets/prepare_coco_panoptic.py)")):
+        if not os.path.isdir(path):
+            raise DatasetError(f"{path}: {what} not found")
+    panoptic = load_json(panoptic_json)
+    images, categories = _annotation_index(panoptic, panoptic_json)
+    instances = load_json(instances_json)
+    unknown = {a["category_id"] for a in instances.get("annotations", [])} - set(categories)
+    if unknown:
+        raise DatasetError(f"{instances_json}: unknown category ids {sorted(unknown)} (not among the panoptic categories)")
+    for ann in panoptic["annotations"]:
+        info = images[ann["image_id"]]
+        image_path = os.path.join(image_root, info["file_name"])
+        if not os.path.isfile(image_path):
+            raise DatasetError(f"{image_path}: image listed in {panoptic_json} not found")
+        stuff_path = os.path.join(sem_seg_root, ann["file_name"])
+        if not os.path.isfile(stuff_path):
+            raise DatasetError(f"{stuff_path}: stuff PNG not found (run datasets/prepare_coco_panoptic.py)")
+        if check_pngs:
+            png_path = os.path.join(panoptic_root, ann["file_name"])
+            check_panoptic_annotation(ann, read_panoptic_png(png_path), info, categories, png_path)
+            with Image.open(image_path) as im:
+                if im.size != (info["width"], info["height"]):
+                    raise DatasetError(f"{image_path}: size {im.size[0]}x{im.size[1]} does not match the "
+                                       f"declared {info['width']}x{info['height']} in {panoptic_json}")
+    return panoptic
+
+
+def register_panoptic_separated(name: str, image_root: str, panoptic_root: str, panoptic_json: str,
+                                sem_seg_root: str, instances_json: str, validate: bool = True,
+                                extra_metadata: Optional[dict] = None) -> List[str]:
+    """Registers `name + "_separated"` (and `name + "_stuffonly"`) with Detectron2's standard
+    `register_coco_panoptic_separated`, metadata from the panoptic JSON's categories. Returns the
+    registered names. With `validate`, the files are checked now, so errors come at registration."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_panoptic_separated
+
+    panoptic = (validate_panoptic_dataset(image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json)
+                if validate else load_json(panoptic_json))
+    metadata = panoptic_separated_metadata(panoptic["categories"])
+    metadata.update(extra_metadata or {})
+    names = [name + "_separated", name + "_stuffonly"]
+    for n in names:
+        if n in DatasetCatalog.list():
+            DatasetCatalog.remove(n)
+            from detectron2.data import MetadataCatalog
+            MetadataCatalog.remove(n)
+    register_coco_panoptic_separated(name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root,
+                                     instances_json)
+    return names

@@ -1,0 +1,54 @@
+"""Building recurrent blocks (a cell in a Recurrence) from MODEL.CRBP, for every component."""
+from typing import Optional
+
+from torch import nn
+
+from ..crbp import ConvGRUCell, HGRUCell, Recurrence
+
+_NORMS = {"GN": "group", "BN": "batch", "": "none"}
+
+
+def recurrence_kwargs_from_cfg(cfg) -> dict:
+    """Recurrence(...) keyword arguments from MODEL.CRBP."""
+    c = cfg.MODEL.CRBP
+    return dict(
+        mode=c.MODE, steps=c.STEPS, test_steps=c.TEST_STEPS or None, tol=c.TOL,
+        neumann_steps=c.NEUMANN_STEPS, neumann_tol=c.NEUMANN_TOL,
+        divergence_patience=c.DIVERGENCE_PATIENCE, penalty=c.PENALTY, lcp_lambda=c.LCP_LAMBDA,
+        penalty_reduction=c.PENALTY_REDUCTION, penalty_weight=c.PENALTY_WEIGHT,
+        hutchinson_samples=c.HUTCHINSON_SAMPLES,
+    )
+
+
+def cell_kwargs_from_cfg(cfg) -> dict:
+    """build_cell(...) keyword arguments from MODEL.CRBP.CELL."""
+    c = cfg.MODEL.CRBP.CELL
+    return dict(
+        cell_type=c.TYPE, kernel_size=c.KERNEL_SIZE, norm=c.NORM, num_groups=c.NUM_GROUPS,
+        gate=c.GATE, nonlinearity=c.NONLINEARITY, inhibition_eta=c.INHIBITION_ETA,
+        excitation=c.EXCITATION, output_eta=c.OUTPUT_ETA, timesteps=cfg.MODEL.CRBP.STEPS,
+    )
+
+
+def build_cell(channels: int, *, cell_type: str = "hgru", kernel_size: int = 3, norm: str = "GN",
+               num_groups: int = 32, gate: str = "gala", nonlinearity: str = "softplus",
+               inhibition_eta: bool = False, excitation: str = "simple", output_eta: bool = False,
+               timesteps: int = 20) -> nn.Module:
+    """A cell whose state and drive both have `channels` channels (defaults: the COCO hGRU)."""
+    if norm not in _NORMS:
+        raise ValueError(f"cell norm must be one of {tuple(_NORMS)}, got {norm!r}")
+    if cell_type == "hgru":
+        return HGRUCell(channels, kernel_size, gate=gate, norm=_NORMS[norm], num_groups=num_groups,
+                        nonlinearity=nonlinearity, inhibition_eta=inhibition_eta,
+                        excitation=excitation, output_eta=output_eta, timesteps=timesteps)
+    if cell_type == "convgru":
+        return ConvGRUCell(channels, channels, kernel_size, timesteps=timesteps)
+    raise ValueError(f"cell type must be 'hgru' or 'convgru', got {cell_type!r}")
+
+
+def build_recurrence(channels: int, cell: Optional[nn.Module] = None, cell_kwargs: Optional[dict] = None,
+                     **recurrence_kwargs) -> Recurrence:
+    """A Recurrence around `cell`, or around a new cell built from `cell_kwargs`."""
+    if cell is None:
+        cell = build_cell(channels, **(cell_kwargs or {}))
+    return Recurrence(cell, **recurrence_kwargs)

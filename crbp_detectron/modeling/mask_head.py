@@ -1,0 +1,61 @@
+"""The published C-RBP mask head: Mask R-CNN's stack of 3x3 convs replaced by ONE recurrent cell
+(hGRU, 256 channels, 3x3, GALA gate, GroupNorm, softplus) iterated to equilibrium on the RoI
+features, then the usual deconv and per-class predictor (Linsley et al., NeurIPS 2020)."""
+from typing import Optional
+
+import fvcore.nn.weight_init as weight_init
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, get_norm
+from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
+from torch import nn
+
+from .blocks import build_recurrence, cell_kwargs_from_cfg, recurrence_kwargs_from_cfg
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class CRBPMaskHead(BaseMaskRCNNHead):
+    """RoI features (the cell's drive x) -> recurrent block h* -> norm -> ReLU -> 2x deconv ->
+    ReLU -> 1x1 predictor. Trained in MODEL.CRBP.MODE; its penalty and statistics are collected by
+    the C-RBP meta-architectures."""
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, num_classes: int, recurrence: Optional[nn.Module] = None,
+                 output_norm: str = "BN", deconv_dim: int = 256, **kwargs):
+        """
+        Args:
+            input_shape: shape of the RoI features.
+            num_classes: foreground classes (1 for class-agnostic masks).
+            recurrence: a `Recurrence` whose cell maps (x, h) of input_shape.channels channels;
+                default: the paper's C-RBP hGRU with 20 steps.
+            output_norm: Detectron2 norm name applied to h* ("BN", "SyncBN", "GN", "").
+            deconv_dim: channels of the upsampling deconvolution.
+            kwargs: BaseMaskRCNNHead's (loss_weight, vis_period).
+        """
+        super().__init__(**kwargs)
+        channels = input_shape.channels
+        self.recurrence = recurrence if recurrence is not None else build_recurrence(channels)
+        self.output_norm = get_norm(output_norm, channels) or nn.Identity()
+        self.deconv = ConvTranspose2d(channels, deconv_dim, kernel_size=2, stride=2, padding=0)
+        self.predictor = Conv2d(deconv_dim, num_classes, kernel_size=1)
+        weight_init.c2_msra_fill(self.deconv)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        num_classes = 1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        ret.update(
+            input_shape=input_shape,
+            num_classes=num_classes,
+            recurrence=build_recurrence(input_shape.channels, cell_kwargs=cell_kwargs_from_cfg(cfg),
+                                        **recurrence_kwargs_from_cfg(cfg)),
+            output_norm=cfg.MODEL.CRBP.MASK_HEAD.OUTPUT_NORM,
+            deconv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
+        )
+        return ret
+
+    def layers(self, x):
+        h = self.recurrence(x)
+        h = nn.functional.relu(self.output_norm(h))
+        return self.predictor(nn.functional.relu(self.deconv(h)))

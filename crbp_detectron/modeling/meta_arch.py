@@ -1,0 +1,96 @@
+"""Meta-architectures that add every recurrent block's penalty to the loss dict and log every
+block's dynamics to Detectron2's EventStorage, through the core's one collection mechanism."""
+from typing import Dict
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, PanopticFPN
+from detectron2.utils.events import get_event_storage
+
+from ..crbp import collect_recurrence, penalty_losses, summary_scalars
+
+
+class RecurrentBlockDivergence(FloatingPointError):
+    """A recurrent block's Neumann series diverged too many backward passes in a row."""
+
+
+class RecurrenceLossMixin:
+    """Call `_recurrence_outputs()` after the parent's forward: it takes each recurrent block's
+    records (wherever the block sits), returns the penalty loss entries, and logs the stats."""
+
+    max_consecutive_divergences: int = 0
+    last_recurrence = None  # {block name: BlockSummary} of the latest forward, for tools
+
+    def _recurrence_outputs(self) -> Dict:
+        summaries = collect_recurrence(self)
+        self.last_recurrence = summaries
+        self._check_divergence(summaries)
+        if self.training:
+            try:
+                storage = get_event_storage()
+            except AssertionError:  # no EventStorage outside a trainer
+                storage = None
+            if storage is not None:
+                storage.put_scalars(**summary_scalars(summaries), smoothing_hint=False)
+        return penalty_losses(summaries)
+
+    def _check_divergence(self, summaries):
+        limit = self.max_consecutive_divergences
+        for name, s in summaries.items():
+            if limit and s.consecutive_divergences >= limit:
+                raise RecurrentBlockDivergence(
+                    f"Recurrent block '{name}': its Neumann series diverged in "
+                    f"{s.consecutive_divergences} consecutive backward passes "
+                    f"(MODEL.CRBP.MAX_CONSECUTIVE_DIVERGENCES = {limit}); the block is not "
+                    "contractive at its fixed point. Raise MODEL.CRBP.PENALTY_WEIGHT, lower "
+                    "MODEL.CRBP.LCP_LAMBDA, use MODEL.CRBP.PENALTY 'lcp' with MODE 'crbp', or "
+                    "change MODEL.CRBP.STEPS / the learning rate.")
+
+    @staticmethod
+    def _from_config_extra(cfg):
+        return {"max_consecutive_divergences": cfg.MODEL.CRBP.MAX_CONSECUTIVE_DIVERGENCES}
+
+
+@META_ARCH_REGISTRY.register()
+class CRBPPanopticFPN(RecurrenceLossMixin, PanopticFPN):
+    """Panoptic FPN whose recurrent blocks (mask head, FPN, any other) are trained with C-RBP."""
+
+    @configurable
+    def __init__(self, *, max_consecutive_divergences: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.max_consecutive_divergences = max_consecutive_divergences
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ret.update(cls._from_config_extra(cfg))
+        return ret
+
+    def forward(self, batched_inputs):
+        out = super().forward(batched_inputs)
+        extra = self._recurrence_outputs()
+        if self.training:
+            out.update(extra)
+        return out
+
+
+@META_ARCH_REGISTRY.register()
+class CRBPGeneralizedRCNN(RecurrenceLossMixin, GeneralizedRCNN):
+    """Mask R-CNN (GeneralizedRCNN) with the same collection of recurrent penalties and stats."""
+
+    @configurable
+    def __init__(self, *, max_consecutive_divergences: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.max_consecutive_divergences = max_consecutive_divergences
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ret.update(cls._from_config_extra(cfg))
+        return ret
+
+    def forward(self, batched_inputs):
+        out = super().forward(batched_inputs)
+        extra = self._recurrence_outputs()
+        if self.training:
+            out.update(extra)
+        return out

@@ -1,0 +1,14 @@
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COCO_SAMPLE = os.path.join(os.path.dirname(REPO), "shared", "data", "coco_panoptic_val2017_sample")
+
+
+@pytest.fixture(scope="session")
+def coco_sample():
+    """The two real COCO val2017 images with panoptic ground truth (read-only; never copied)."""
+    if not os.path.isdir(COCO_SAMPLE):
+        pytest.skip(f"COCO sample not found at {COCO_SAMPLE} (../shared/data beside the repository)")
+    return COCO_SAMPLE
