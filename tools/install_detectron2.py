@@ -172,6 +172,12 @@ PATCHES: Tuple[Patch, ...] = (
           "    return torch.ops.detectron2.nms_rotated(boxes, scores, iou_threshold)\n",
           1, "nms_rotated is registered by the compiled extension (torch.ops.detectron2); "
              "without it torch raises an obscure error, the stand-in a clear one"),
+    Patch("engine/defaults.py",
+          '    if "device_ids" not in kwargs:\n',
+          '    if "device_ids" not in kwargs and any(p.is_cuda for p in model.parameters()):\n',
+          1, "create_ddp_model always passed device_ids=[local rank]; DistributedDataParallel "
+             "refuses device_ids for a CPU model, so multi-process CPU training (torchrun, gloo) "
+             "failed: pass them only for a CUDA model"),
     Patch("export/__init__.py", "from .api import *\n",
           "try:\n"
           "    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401  caffe2 is optional\n"

@@ -5,18 +5,22 @@
     python tools/train_net.py --config-file panoptic_crbp.yaml --eval-only MODEL.WEIGHTS model.pth
     python tools/train_net.py --config-file panoptic_crbp.yaml --eval-only --test-steps 5 10 20 30 \
         MODEL.WEIGHTS model.pth          # PQ against test-time steps (CSV + PNG)
+    torchrun --nproc_per_node 4 tools/train_net.py --config-file ... MODEL.DEVICE cpu   # CPU, gloo
+
+SIGTERM/SIGINT saves a checkpoint at the current iteration and exits (128 + signal number);
+--resume continues from it with the same schedule and data stream.
 
 --config-file takes a path, a config packaged with crbp_detectron (e.g. panoptic_crbp.yaml,
 COCO-PanopticSegmentation/panoptic_crbp_R_50_1x.yaml) or a Detectron2 model-zoo name.
 """
 import os
+import sys
 
-import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
 import crbp_detectron  # noqa: F401  (registers the components)
-from crbp_detectron.engine import Trainer, setup, sweep_test_steps
+from crbp_detectron.engine import Preempted, Trainer, launch_from_args, setup, sweep_test_steps
 
 
 def main(args):
@@ -29,7 +33,11 @@ def main(args):
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except Preempted as e:
+        print(f"Preempted: {e}", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
 
 
 def parser():
@@ -40,6 +48,4 @@ def parser():
 
 
 if __name__ == "__main__":
-    args = parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch_from_args(main, parser().parse_args())

@@ -17,6 +17,7 @@ class BlockSummary:
     stats: List[RecurrenceStats] = field(default_factory=list)  # one per call, oldest first
     last_backward: Optional[BackwardStats] = None  # its most recent backward pass
     consecutive_divergences: int = 0
+    divergence_events: int = 0
 
 
 def block_name(module_path: str) -> str:
@@ -57,6 +58,7 @@ def collect_recurrence(model: nn.Module) -> Dict[str, BlockSummary]:
             stats=[r.stats for r in records],
             last_backward=block.last_backward,
             consecutive_divergences=block.consecutive_divergences,
+            divergence_events=block.divergence_events,
         )
     return out
 
@@ -80,4 +82,5 @@ def summary_scalars(summaries: Dict[str, BlockSummary], prefix: str = "crbp") ->
             for key, value in s.last_backward.as_dict().items():
                 scalars[f"{prefix}/{name}/{key}"] = float(value)
         scalars[f"{prefix}/{name}/consecutive_divergences"] = float(s.consecutive_divergences)
+        scalars[f"{prefix}/{name}/divergence_events"] = float(s.divergence_events)
     return scalars

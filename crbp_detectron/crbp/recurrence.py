@@ -104,6 +104,7 @@ class Recurrence(nn.Module):
         self._records: List[RecurrenceRecord] = []
         self.last_backward: Optional[BackwardStats] = None
         self.consecutive_divergences = 0  # backward passes in a row whose Neumann series diverged
+        self.divergence_events = 0  # backward passes whose Neumann series diverged, in all
 
     def extra_repr(self):
         return (f"mode={self.mode}, steps={self.steps}, test_steps={self.test_steps}, tol={self.tol}, "
@@ -201,6 +202,7 @@ class Recurrence(nn.Module):
             stats.backward = backward_stats
             self.last_backward = backward_stats
             self.consecutive_divergences = self.consecutive_divergences + 1 if backward_stats.diverged else 0
+            self.divergence_events += int(backward_stats.diverged)
         return on_backward
 
     # ------------------------------------------------------------------ records

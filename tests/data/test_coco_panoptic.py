@@ -13,6 +13,7 @@ from crbp_detectron.data.coco_panoptic import (DatasetError, panoptic_separated_
                                                read_panoptic_png, register_panoptic_separated, write_stuff_pngs)
 
 from ..modeling.utils import TINY
+from .utils import ground_truth_pq
 
 
 @pytest.fixture(scope="module")
@@ -69,27 +70,8 @@ def _register(prepared, name="crbp_test_coco_sample"):
 
 
 def test_ground_truth_as_prediction_scores_pq_100(prepared, tmp_path):
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.evaluation import COCOPanopticEvaluator
-
     name = _register(prepared)[0]
-    meta = MetadataCatalog.get(name)
-    panoptic = json.load(open(prepared["panoptic_json"]))
-    categories = {c["id"]: c for c in panoptic["categories"]}
-    by_image = {a["image_id"]: a for a in panoptic["annotations"]}
-    evaluator = COCOPanopticEvaluator(name, str(tmp_path))
-    evaluator.reset()
-    for record in DatasetCatalog.get(name):
-        ann = by_image[record["image_id"]]
-        ids = read_panoptic_png(os.path.join(prepared["panoptic_root"], ann["file_name"]))
-        segments = []
-        for seg in ann["segments_info"]:
-            isthing = bool(categories[seg["category_id"]]["isthing"])
-            contiguous = (meta.thing_dataset_id_to_contiguous_id if isthing
-                          else meta.stuff_dataset_id_to_contiguous_id)[seg["category_id"]]
-            segments.append({"id": seg["id"], "category_id": contiguous, "isthing": isthing})
-        evaluator.process([record], [{"panoptic_seg": (torch.from_numpy(ids), segments)}])
-    results = evaluator.evaluate()["panoptic_seg"]
+    results = ground_truth_pq(name, prepared["panoptic_json"], prepared["panoptic_root"], str(tmp_path))
     assert results["PQ"] == pytest.approx(100.0)
     assert results["SQ"] == pytest.approx(100.0) and results["RQ"] == pytest.approx(100.0)
 
@@ -136,4 +118,40 @@ def test_missing_and_malformed_files_are_named(prepared, tmp_path):
     shutil.copy(os.path.join(prepared["image_root"], "000000142238.jpg"), images)
     with pytest.raises(DatasetError, match="000000439180.jpg: image listed"):
         register_panoptic_separated("bad2", str(images), prepared["panoptic_root"], prepared["panoptic_json"],
+                                    prepared["sem_seg_root"], prepared["instances_json"])
+
+
+def _modified_json(prepared, tmp_path, edit):
+    panoptic = json.load(open(prepared["panoptic_json"]))
+    edit(panoptic)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(panoptic))
+    return str(path)
+
+
+def test_png_segment_missing_from_json_is_named(prepared, tmp_path):
+    def drop_segment(p):
+        p["annotations"][1]["segments_info"].pop(0)
+    bad = _modified_json(prepared, tmp_path, drop_segment)
+    with pytest.raises(DatasetError, match=r"000000439180.png: segment ids \[\d+\] appear in the PNG but are not listed"):
+        write_stuff_pngs(bad, prepared["panoptic_root"], str(tmp_path / "o"), workers=1)
+
+
+def test_unknown_category_is_named(prepared, tmp_path):
+    def unknown_category(p):
+        p["annotations"][0]["segments_info"][0]["category_id"] = 999
+    bad = _modified_json(prepared, tmp_path, unknown_category)
+    with pytest.raises(DatasetError, match=r"unknown category ids \[999\]"):
+        register_panoptic_separated("bad3", prepared["image_root"], prepared["panoptic_root"], bad,
+                                    prepared["sem_seg_root"], prepared["instances_json"])
+
+
+def test_image_size_mismatch_is_named(prepared, tmp_path):
+    def wrong_size(p):
+        for im in p["images"]:
+            if im["file_name"] == "000000142238.jpg":
+                im["width"], im["height"] = 320, 427
+    bad = _modified_json(prepared, tmp_path, wrong_size)
+    with pytest.raises(DatasetError, match=r"000000142238.png: size 640x427 does not match the declared 320x427"):
+        register_panoptic_separated("bad4", prepared["image_root"], prepared["panoptic_root"], bad,
                                     prepared["sem_seg_root"], prepared["instances_json"])

@@ -1,0 +1,229 @@
+"""The embedded demo dataset: a small, seeded, synthetic COCO-panoptic dataset, so that the whole
+pipeline (training, PQ evaluation, pictures) runs on any machine with no download.
+
+Things are shapes that differ in form, not colour (disc, triangle, square, cross), of varied size,
+pose and colour, with texture noise and partial occlusion; stuff is three textured regions (sand,
+water, grass) with irregular borders. Written in exact COCO panoptic format (JPEG images,
+panoptic PNGs + JSON with `isthing` categories), plus the instances JSON and the stuff PNGs that
+Detectron2's separated loader needs, and registered with `register_coco_panoptic_separated` as
+`crbp_demo_train_separated` and `crbp_demo_val_separated`.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .coco_panoptic import id_to_rgb, panoptic_to_instances, register_panoptic_separated, write_stuff_pngs
+
+VERSION = 1
+DEMO_DATASETS = ("crbp_demo_train", "crbp_demo_val")
+THINGS = [
+    {"id": 1, "name": "disc", "isthing": 1, "color": [220, 20, 60]},
+    {"id": 2, "name": "triangle", "isthing": 1, "color": [0, 0, 230]},
+    {"id": 3, "name": "square", "isthing": 1, "color": [255, 140, 0]},
+    {"id": 4, "name": "cross", "isthing": 1, "color": [148, 0, 211]},
+]
+STUFF = [
+    {"id": 10, "name": "sand", "isthing": 0, "color": [194, 178, 128]},
+    {"id": 11, "name": "water", "isthing": 0, "color": [60, 110, 190]},
+    {"id": 12, "name": "grass", "isthing": 0, "color": [70, 150, 60]},
+]
+CATEGORIES = THINGS + STUFF
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    image_size: int = 128
+    train_images: int = 400
+    val_images: int = 48
+    max_objects: int = 4
+    min_object_size: int = 16
+    max_object_size: int = 44
+    seed: int = 0
+
+    def digest(self) -> str:
+        blob = json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:10]
+
+
+def default_root() -> str:
+    return os.environ.get("CRBP_DEMO_DIR", os.path.join(os.path.expanduser("~"), ".cache", "crbp_detectron", "demo"))
+
+
+# ------------------------------------------------------------------------------ drawing
+def _smooth_noise(rng, size, cells):
+    grid = rng.standard_normal((cells, cells)).astype(np.float32)
+    return cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _stuff_layout(rng, size):
+    """Label map over the three stuff classes with irregular borders (argmax of smooth noise)."""
+    present = rng.choice(len(STUFF), size=rng.integers(2, 4), replace=False)
+    fields = np.stack([_smooth_noise(rng, size, rng.integers(3, 6)) for _ in present])
+    return present[np.argmax(fields, axis=0)]
+
+
+def _stuff_texture(rng, kind, size):
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    base = np.array(STUFF[kind]["color"], np.float32) + rng.normal(0, 12, 3)
+    if STUFF[kind]["name"] == "sand":
+        pattern = rng.normal(0, 18, (size, size))
+    elif STUFF[kind]["name"] == "water":
+        freq, phase = rng.uniform(0.25, 0.45), rng.uniform(0, 2 * np.pi)
+        pattern = 22 * np.sin(freq * yy + 0.3 * np.sin(0.1 * xx) + phase) + rng.normal(0, 5, (size, size))
+    else:  # grass: vertical streaks
+        pattern = np.repeat(rng.normal(0, 22, (1, size)), size, axis=0) + rng.normal(0, 8, (size, size))
+    return np.clip(base[None, None, :] + pattern[..., None], 0, 255)
+
+
+def _shape_polygon(rng, kind, size, center):
+    """Outline of a thing of class index `kind` (0 disc, 1 triangle, 2 square, 3 cross), rotated."""
+    angle = rng.uniform(0, 2 * np.pi)
+    r = size / 2
+    if kind == 0:
+        t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+        ratio = rng.uniform(0.75, 1.0)
+        pts = np.stack([r * np.cos(t), ratio * r * np.sin(t)], 1)
+    elif kind == 1:
+        t = np.array([0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.normal(0, 0.1, 3)
+        pts = np.stack([r * np.cos(t), r * np.sin(t)], 1)
+    elif kind == 2:
+        s = r * 0.8
+        pts = np.array([[-s, -s], [s, -s], [s, s], [-s, s]])
+    else:
+        a, b = r, r * 0.33
+        pts = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b],
+                        [-a, -b], [-b, -b]])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return (pts @ rot.T + center).round().astype(np.int32)
+
+
+def render_image(rng, params: DemoParams):
+    """One image: RGB uint8, segment id map (int64) and segments_info."""
+    size = params.image_size
+    stuff = _stuff_layout(rng, size)
+    image = np.zeros((size, size, 3), np.float32)
+    for kind in np.unique(stuff):
+        image[stuff == kind] = _stuff_texture(rng, kind, size)[stuff == kind]
+
+    things = []  # (class index, full mask, visible mask)
+    for _ in range(rng.integers(1, params.max_objects + 1)):
+        for _attempt in range(10):
+            kind = int(rng.integers(len(THINGS)))
+            obj_size = rng.uniform(params.min_object_size, params.max_object_size)
+            center = rng.uniform(obj_size / 3, size - obj_size / 3, 2)
+            mask = np.zeros((size, size), np.uint8)
+            cv2.fillPoly(mask, [_shape_polygon(rng, kind, obj_size, center)], 1)
+            mask = mask.astype(bool)
+            if mask.sum() < 60:
+                continue
+            # Occlusion is allowed, but every earlier object keeps most of itself.
+            if all((t[2] & ~mask).sum() >= 0.6 * t[1].sum() for t in things):
+                for t in things:
+                    t[2][mask] = False
+                things.append((kind, mask, mask.copy()))
+                colour = rng.uniform(30, 230, 3)
+                texture = rng.normal(0, 10, (size, size, 1)) + 12 * _smooth_noise(rng, size, 6)[..., None]
+                image[mask] = np.clip(colour + texture, 0, 255)[mask]
+                break
+
+    image = cv2.GaussianBlur(image, (3, 3), 0.6) + rng.normal(0, 4, image.shape)
+    ids = np.zeros((size, size), np.int64)
+    segments = []
+
+    def add(segment_id, category, mask):
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            return
+        ids[mask] = segment_id
+        x0, y0 = int(xs.min()), int(ys.min())
+        segments.append({"id": segment_id, "category_id": category["id"], "iscrowd": 0, "area": int(mask.sum()),
+                         "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]})
+
+    occupied = np.zeros((size, size), bool)
+    for i, (kind, _, visible) in enumerate(things):
+        add(i + 1, THINGS[kind], visible)
+        occupied |= visible
+    for kind in np.unique(stuff):
+        add(1000 + int(kind), STUFF[kind], (stuff == kind) & ~occupied)
+    return np.clip(image, 0, 255).astype(np.uint8), ids, segments
+
+
+# ------------------------------------------------------------------------------ writing
+def _split_paths(root, split):
+    d = os.path.join(root, split)
+    return dict(image_root=os.path.join(d, "images"), panoptic_root=os.path.join(d, "panoptic"),
+                panoptic_json=os.path.join(d, "panoptic.json"), sem_seg_root=os.path.join(d, "stuff"),
+                instances_json=os.path.join(d, "instances.json"))
+
+
+def _write_split(root, split, count, params: DemoParams, progress: bool):
+    from tqdm import tqdm
+
+    paths = _split_paths(root, split)
+    for key in ("image_root", "panoptic_root"):
+        os.makedirs(paths[key], exist_ok=True)
+    images, annotations = [], []
+    split_seed = {"train": 1, "val": 2}[split]
+    for idx in tqdm(range(count), desc=f"demo {split}", unit="img", disable=not progress):
+        rng = np.random.default_rng([params.seed, split_seed, idx])
+        image, ids, segments = render_image(rng, params)
+        image_id = idx + 1
+        name = f"{split}_{image_id:06d}"
+        Image.fromarray(image).save(os.path.join(paths["image_root"], name + ".jpg"), quality=95)
+        Image.fromarray(id_to_rgb(ids)).save(os.path.join(paths["panoptic_root"], name + ".png"))
+        images.append({"id": image_id, "file_name": name + ".jpg", "height": image.shape[0], "width": image.shape[1]})
+        annotations.append({"image_id": image_id, "file_name": name + ".png", "segments_info": segments})
+    with open(paths["panoptic_json"], "w") as f:
+        json.dump({"info": {"description": f"crbp-detectron demo v{VERSION}"}, "images": images,
+                   "annotations": annotations, "categories": CATEGORIES}, f)
+    panoptic_to_instances(paths["panoptic_json"], paths["panoptic_root"], paths["instances_json"])
+    write_stuff_pngs(paths["panoptic_json"], paths["panoptic_root"], paths["sem_seg_root"], workers=1, progress=False)
+    return paths
+
+
+def generate_demo_dataset(root: Optional[str] = None, params: DemoParams = DemoParams(), progress: bool = True,
+                          force: bool = False) -> Dict[str, dict]:
+    """Writes the dataset under `root` (default: $CRBP_DEMO_DIR or ~/.cache/crbp_detectron/demo)
+    unless a complete copy with the same version and parameters is there. Returns the paths."""
+    root = root or default_root()
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".lock"), "w") as lock:  # one writer at a time (several ranks)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _generate_locked(root, params, progress, force)
+
+
+def _generate_locked(root, params, progress, force):
+    manifest_path = os.path.join(root, "manifest.json")
+    manifest = {"version": VERSION, "params": asdict(params), "digest": params.digest()}
+    if not force and os.path.isfile(manifest_path):
+        with open(manifest_path) as f:
+            if json.load(f) == manifest:
+                return {split: _split_paths(root, split) for split in ("train", "val")}
+    if os.path.isdir(root):
+        for split in ("train", "val"):
+            shutil.rmtree(os.path.join(root, split), ignore_errors=True)
+        if os.path.exists(manifest_path):
+            os.remove(manifest_path)
+    os.makedirs(root, exist_ok=True)
+    out = {"train": _write_split(root, "train", params.train_images, params, progress),
+           "val": _write_split(root, "val", params.val_images, params, progress)}
+    with open(manifest_path, "w") as f:  # written last: its presence means the copy is complete
+        json.dump(manifest, f, indent=1)
+    return out
+
+
+def register_demo_datasets(root: Optional[str] = None, params: DemoParams = DemoParams(), progress: bool = True):
+    """Generates the dataset if needed and registers crbp_demo_{train,val}_separated."""
+    paths = generate_demo_dataset(root, params, progress)
+    names = []
+    for split, base in zip(("train", "val"), DEMO_DATASETS):
+        names += register_panoptic_separated(base, validate=False, **paths[split])
+    return names

@@ -1,0 +1,167 @@
+"""Inference on image files: robust image reading, a Detectron2 predictor for a config + weights,
+and writing the visualization plus COCO-format panoptic PNG and JSON (like Detectron2's demo)."""
+import json
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class InputImageError(ValueError):
+    """An input image cannot be used; the message names the file and why."""
+
+
+def read_image_rgb(path: str) -> np.ndarray:
+    """Any image file as HxWx3 uint8 RGB: grayscale, palette, 16-bit and RGBA (composited on
+    white) inputs are converted; EXIF orientation is applied."""
+    if not os.path.isfile(path):
+        raise InputImageError(f"{path}: file not found")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                span = max(arr.max() - arr.min(), 1.0)
+                im = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, rgba)
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError) as e:
+        raise InputImageError(f"{path}: not a readable image ({e})") from None
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise InputImageError(f"{path}: empty image")
+    return np.ascontiguousarray(rgb)
+
+
+def list_images(inputs: List[str]) -> List[str]:
+    """Files and folders (their image files, sorted) -> image paths."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise InputImageError(f"{item}: folder contains no image ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += found
+        else:
+            paths.append(item)
+    return paths
+
+
+class Predictor:
+    """A model from a config and weights, run on RGB arrays of any size."""
+
+    def __init__(self, cfg):
+        from detectron2.checkpoint import DetectionCheckpointer
+        from detectron2.data import MetadataCatalog
+        from detectron2.modeling import build_model
+
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        if not len(cfg.DATASETS.TEST):
+            raise ValueError("DATASETS.TEST is empty: the predictor takes class names from its first dataset")
+        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        self.min_size, self.max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+        if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
+            raise ValueError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r}: only BGR and RGB inputs are supported here")
+
+    def resized_shape(self, height: int, width: int):
+        """Detectron2's ResizeShortestEdge at test time."""
+        scale = self.min_size / min(height, width)
+        new_h, new_w = height * scale, width * scale
+        if max(new_h, new_w) > self.max_size:
+            scale = self.max_size / max(new_h, new_w)
+            new_h, new_w = new_h * scale, new_w * scale
+        return int(new_h + 0.5), int(new_w + 0.5)
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray, name: str = "image") -> Dict:
+        from detectron2.data import transforms as T
+
+        height, width = rgb.shape[:2]
+        new_h, new_w = self.resized_shape(height, width)
+        if min(new_h, new_w) < 1:
+            raise InputImageError(
+                f"{name}: a {width}x{height} image is too elongated: resized to fit INPUT.MAX_SIZE_TEST="
+                f"{self.max_size} its short side would be under one pixel. Crop it, or raise INPUT.MAX_SIZE_TEST.")
+        image = rgb[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else rgb
+        image = T.ResizeTransform(height, width, new_h, new_w).apply_image(np.ascontiguousarray(image))
+        tensor = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]
+
+
+def panoptic_record(panoptic_seg: torch.Tensor, segments_info: List[dict], metadata, file_name: str,
+                    image_id) -> Dict:
+    """COCO panoptic result entry: dataset category ids, segment ids as in the PNG."""
+    thing_ids = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
+    stuff_ids = {v: k for k, v in metadata.get("stuff_dataset_id_to_contiguous_id", {}).items()}
+    segments = []
+    for seg in segments_info:
+        isthing = bool(seg["isthing"])
+        category = (thing_ids if isthing else stuff_ids)[seg["category_id"]]
+        entry = {"id": int(seg["id"]), "category_id": int(category), "isthing": isthing,
+                 "area": int((panoptic_seg == seg["id"]).sum())}
+        if "score" in seg:
+            entry["score"] = float(seg["score"])
+        segments.append(entry)
+    return {"image_id": image_id, "file_name": file_name, "segments_info": segments}
+
+
+def save_prediction(outputs: Dict, rgb: np.ndarray, metadata, out_dir: str, stem: str) -> Dict:
+    """Writes <stem>_vis.png (Detectron2's Visualizer) and panoptic/<stem>.png (COCO panoptic
+    PNG: segment id as R + 256 G + 256^2 B); returns the JSON entry."""
+    from detectron2.utils.visualizer import ColorMode, Visualizer
+
+    from .data.coco_panoptic import id_to_rgb
+
+    os.makedirs(os.path.join(out_dir, "panoptic"), exist_ok=True)
+    visualizer = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE)
+    if "panoptic_seg" in outputs:
+        panoptic_seg, segments_info = outputs["panoptic_seg"]
+        panoptic_seg = panoptic_seg.cpu()
+        vis = visualizer.draw_panoptic_seg_predictions(panoptic_seg, segments_info)
+        Image.fromarray(id_to_rgb(panoptic_seg.numpy())).save(os.path.join(out_dir, "panoptic", stem + ".png"))
+        record = panoptic_record(panoptic_seg, segments_info, metadata, stem + ".png", stem)
+    elif "instances" in outputs:
+        vis = visualizer.draw_instance_predictions(outputs["instances"].to("cpu"))
+        record = {"image_id": stem, "file_name": None, "segments_info": []}
+    else:
+        raise ValueError("the model returned neither panoptic_seg nor instances")
+    Image.fromarray(vis.get_image()).save(os.path.join(out_dir, stem + "_vis.png"))
+    return record
+
+
+def predict_files(predictor: Predictor, paths: List[str], out_dir: str, on_error: str = "raise",
+                  progress: bool = True) -> Dict:
+    """Runs the predictor on every path; writes the pictures and predictions.json. With
+    on_error="skip", unreadable inputs are reported in the JSON's "errors" instead of raising."""
+    from tqdm import tqdm
+
+    os.makedirs(out_dir, exist_ok=True)
+    annotations, errors = [], []
+    for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        try:
+            rgb = read_image_rgb(path)
+            outputs = predictor(rgb, name=path)
+        except InputImageError as e:
+            if on_error == "raise":
+                raise
+            errors.append(str(e))
+            continue
+        annotations.append(save_prediction(outputs, rgb, predictor.metadata, out_dir, stem))
+    meta = predictor.metadata
+    categories = [{"id": k, "name": meta.thing_classes[v], "isthing": 1}
+                  for k, v in meta.get("thing_dataset_id_to_contiguous_id", {}).items()]
+    categories += [{"id": k, "name": meta.stuff_classes[v], "isthing": 0}
+                   for k, v in meta.get("stuff_dataset_id_to_contiguous_id", {}).items() if v != 0]
+    result = {"annotations": annotations, "categories": categories, "errors": errors}
+    with open(os.path.join(out_dir, "predictions.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result

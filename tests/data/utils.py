@@ -1,0 +1,31 @@
+import json
+import os
+
+import torch
+
+from crbp_detectron.data.coco_panoptic import read_panoptic_png
+
+
+def ground_truth_pq(dataset_name, panoptic_json, panoptic_root, out_dir):
+    """Feeds the ground truth of a registered separated dataset as the prediction through
+    Detectron2's COCOPanopticEvaluator (panopticapi); returns its panoptic_seg results."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.evaluation import COCOPanopticEvaluator
+
+    meta = MetadataCatalog.get(dataset_name)
+    panoptic = json.load(open(panoptic_json))
+    categories = {c["id"]: c for c in panoptic["categories"]}
+    by_image = {a["image_id"]: a for a in panoptic["annotations"]}
+    evaluator = COCOPanopticEvaluator(dataset_name, out_dir)
+    evaluator.reset()
+    for record in DatasetCatalog.get(dataset_name):
+        ann = by_image[record["image_id"]]
+        ids = read_panoptic_png(os.path.join(panoptic_root, ann["file_name"]))
+        segments = []
+        for seg in ann["segments_info"]:
+            isthing = bool(categories[seg["category_id"]]["isthing"])
+            contiguous = (meta.thing_dataset_id_to_contiguous_id if isthing
+                          else meta.stuff_dataset_id_to_contiguous_id)[seg["category_id"]]
+            segments.append({"id": seg["id"], "category_id": contiguous, "isthing": isthing})
+        evaluator.process([record], [{"panoptic_seg": (torch.from_numpy(ids), segments)}])
+    return evaluator.evaluate()["panoptic_seg"]
