@@ -34,7 +34,8 @@ def lipschitz_penalty(
         raise ValueError(f"LCP reduction must be one of {REDUCTIONS}, got {reduction!r}")
     column_sums = _vjp(h_next, h_in, torch.ones_like(h_next), create_graph)
     excess = torch.relu(column_sums - lam) ** 2
-    penalty = excess.mean() if reduction == "mean" else excess.sum()
+    # An empty state (e.g. a mask head on zero RoIs) has no excess: 0, not the NaN of an empty mean.
+    penalty = excess.mean() if reduction == "mean" and excess.numel() else excess.sum()
     return penalty, column_sums
 
 
@@ -50,4 +51,4 @@ def jacobian_frobenius_penalty(
     for _ in range(samples):
         eps = torch.randn(h_next.shape, generator=generator, dtype=h_next.dtype, device=h_next.device)
         total = total + _vjp(h_next, h_in, eps, create_graph).pow(2).sum()
-    return total / (samples * h_in.numel())
+    return total / (samples * max(h_in.numel(), 1))

@@ -190,7 +190,8 @@ class Recurrence(nn.Module):
         if self.penalty == "lcp":
             value, column_sums = lipschitz_penalty(
                 h_next, h_in, self.lcp_lambda, self.penalty_reduction, create_graph=differentiable)
-            stats.max_column_sum = float(column_sums.detach().max())
+            if column_sums.numel():
+                stats.max_column_sum = float(column_sums.detach().max())
         else:
             value = jacobian_frobenius_penalty(
                 h_next, h_in, self.hutchinson_samples, create_graph=differentiable)

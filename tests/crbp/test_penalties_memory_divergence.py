@@ -215,3 +215,16 @@ def test_crbp_gradient_under_distributed_data_parallel(tmp_path):
             assert torch.allclose(p.grad, ref, atol=1e-6)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["crbp", "rbp", "bptt", "cbptt"])
+@pytest.mark.parametrize("penalty", ["lcp", "jacobian_frobenius"])
+def test_empty_batch_gives_zero_penalty_and_finite_gradients(mode, penalty):
+    """A mask head sees zero RoIs when no image of the batch has a thing."""
+    block = Recurrence(HGRUCell.coco(16, num_groups=4), mode=mode, steps=3, penalty=penalty)
+    x = torch.rand(0, 16, 14, 14, requires_grad=True)
+    h, record = block(x, return_record=True)
+    loss = h.sum() + (record.loss if record.loss is not None else 0)
+    loss.backward()
+    assert h.shape == x.shape and float(loss) == 0.0
+    assert record.stats.penalty == 0.0

@@ -204,3 +204,21 @@ def test_shared_fpn_cell_and_level_subset():
     assert set(blocks) == {"fpn_output2", "fpn_output3"}
     assert blocks["fpn_output2"].cell is blocks["fpn_output3"].cell
     assert isinstance(backbone.fpn_output4, torch.nn.Module) and not isinstance(backbone.fpn_output4, Recurrence)
+
+
+def test_training_batch_without_any_thing():
+    """Panoptic configs keep images without things (FILTER_EMPTY_ANNOTATIONS False): the
+    recurrent mask head then sees zero RoIs, and the step must still be finite."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    batch = synthetic_batch()
+    for item in batch:
+        empty = Instances((64, 64))
+        empty.gt_boxes = Boxes(torch.zeros(0, 4))
+        empty.gt_classes = torch.zeros(0, dtype=torch.int64)
+        empty.gt_masks = BitMasks(torch.zeros(0, 64, 64, dtype=torch.bool))
+        item["instances"] = empty
+    cfg = load_config("panoptic_crbp.yaml", TINY)
+    _, losses, _ = train_step(cfg, batch)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    assert float(losses["loss_penalty/roi_heads.mask_head"]) == 0.0
