@@ -14,11 +14,31 @@ class RecurrentBlockDivergence(FloatingPointError):
 
 
 class RecurrenceLossMixin:
-    """Call `_recurrence_outputs()` after the parent's forward: it takes each recurrent block's
-    records (wherever the block sits), returns the penalty loss entries, and logs the stats."""
+    """Put first among a meta-architecture's bases. After the parent's forward it takes each
+    recurrent block's records (wherever the block sits), adds the penalty loss entries in training,
+    logs the statistics, and stops training if a block keeps diverging."""
 
-    max_consecutive_divergences: int = 0
     last_recurrence = None  # {block name: BlockSummary} of the latest forward, for tools
+
+    @configurable
+    def __init__(self, *, max_consecutive_divergences: int = 0, **kwargs):
+        """max_consecutive_divergences: stop after this many backward passes in a row in which a
+        block's Neumann series diverged (0: never). Other arguments: the parent's."""
+        super().__init__(**kwargs)
+        self.max_consecutive_divergences = max_consecutive_divergences
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ret["max_consecutive_divergences"] = cfg.MODEL.CRBP.MAX_CONSECUTIVE_DIVERGENCES
+        return ret
+
+    def forward(self, batched_inputs):
+        out = super().forward(batched_inputs)
+        extra = self._recurrence_outputs()
+        if self.training:
+            out.update(extra)
+        return out
 
     def _recurrence_outputs(self) -> Dict:
         summaries = collect_recurrence(self)
@@ -45,52 +65,12 @@ class RecurrenceLossMixin:
                     "MODEL.CRBP.LCP_LAMBDA, use MODEL.CRBP.PENALTY 'lcp' with MODE 'crbp', or "
                     "change MODEL.CRBP.STEPS / the learning rate.")
 
-    @staticmethod
-    def _from_config_extra(cfg):
-        return {"max_consecutive_divergences": cfg.MODEL.CRBP.MAX_CONSECUTIVE_DIVERGENCES}
-
 
 @META_ARCH_REGISTRY.register()
 class CRBPPanopticFPN(RecurrenceLossMixin, PanopticFPN):
     """Panoptic FPN whose recurrent blocks (mask head, FPN, any other) are trained with C-RBP."""
 
-    @configurable
-    def __init__(self, *, max_consecutive_divergences: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.max_consecutive_divergences = max_consecutive_divergences
-
-    @classmethod
-    def from_config(cls, cfg):
-        ret = super().from_config(cfg)
-        ret.update(cls._from_config_extra(cfg))
-        return ret
-
-    def forward(self, batched_inputs):
-        out = super().forward(batched_inputs)
-        extra = self._recurrence_outputs()
-        if self.training:
-            out.update(extra)
-        return out
-
 
 @META_ARCH_REGISTRY.register()
 class CRBPGeneralizedRCNN(RecurrenceLossMixin, GeneralizedRCNN):
     """Mask R-CNN (GeneralizedRCNN) with the same collection of recurrent penalties and stats."""
-
-    @configurable
-    def __init__(self, *, max_consecutive_divergences: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.max_consecutive_divergences = max_consecutive_divergences
-
-    @classmethod
-    def from_config(cls, cfg):
-        ret = super().from_config(cfg)
-        ret.update(cls._from_config_extra(cfg))
-        return ret
-
-    def forward(self, batched_inputs):
-        out = super().forward(batched_inputs)
-        extra = self._recurrence_outputs()
-        if self.training:
-            out.update(extra)
-        return out
