@@ -177,6 +177,24 @@ class ReplicaConsistencyHook(HookBase):
             raise RuntimeError(f"Parameters differ across ranks after training: checksums {digests}")
 
 
+def _ignore_termination_then(worker_init_fn):
+    def init(worker_id):
+        for sig in PreemptionHook.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        if worker_init_fn is not None:
+            worker_init_fn(worker_id)
+    return init
+
+
+def _workers_leave_termination_to_main(loader):
+    """A preemption's SIGTERM reaches the whole process group. PyTorch's data workers die on it,
+    which crashes the main process before it can checkpoint; ours ignore it instead, and end when
+    the main process shuts the loader down."""
+    inner = loader if isinstance(loader, torch.utils.data.DataLoader) else getattr(loader, "dataset", None)
+    if isinstance(inner, torch.utils.data.DataLoader) and inner.num_workers > 0:
+        inner.worker_init_fn = _ignore_termination_then(inner.worker_init_fn)
+
+
 class _TorchRNGNeutralStart:
     """A data iterator whose first fetch leaves torch's global RNG as it found it. Starting a
     DataLoader draws its base seed from that RNG: an uninterrupted run did so at iteration 0,
@@ -226,8 +244,10 @@ class Trainer(DefaultTrainer):
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=0, proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
         seed = cfg.SEED if sampler_seed is None else sampler_seed
-        return build_detection_train_loader(cfg, dataset=dataset,
-                                            sampler=ResumableTrainingSampler(len(dataset), seed=seed, skip=skip))
+        loader = build_detection_train_loader(cfg, dataset=dataset,
+                                              sampler=ResumableTrainingSampler(len(dataset), seed=seed, skip=skip))
+        _workers_leave_termination_to_main(loader)
+        return loader
 
     def build_hooks(self):
         self._state_hook = TrainingStateHook(self.cfg.SEED)

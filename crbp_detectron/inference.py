@@ -121,7 +121,9 @@ def save_prediction(outputs: Dict, rgb: np.ndarray, metadata, out_dir: str, stem
     from .data.coco_panoptic import id_to_rgb
 
     os.makedirs(os.path.join(out_dir, "panoptic"), exist_ok=True)
-    visualizer = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE)
+    # Small images are drawn enlarged, so that labels stay readable.
+    scale = min(4.0, max(1.0, 384 / max(rgb.shape[:2])))
+    visualizer = Visualizer(rgb, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
     if "panoptic_seg" in outputs:
         panoptic_seg, segments_info = outputs["panoptic_seg"]
         panoptic_seg = panoptic_seg.cpu()

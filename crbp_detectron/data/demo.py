@@ -40,12 +40,12 @@ CATEGORIES = THINGS + STUFF
 
 @dataclass(frozen=True)
 class DemoParams:
-    image_size: int = 128
-    train_images: int = 400
-    val_images: int = 48
+    image_size: int = 64
+    train_images: int = 300
+    val_images: int = 32
     max_objects: int = 4
-    min_object_size: int = 16
-    max_object_size: int = 44
+    min_object_size: int = 12
+    max_object_size: int = 30
     seed: int = 0
 
     def digest(self) -> str:

@@ -1,0 +1,59 @@
+"""The demo model learns through its recurrent blocks: a short training run on the embedded demo
+data lowers the loss and reaches a PQ that a model whose C-RBP gradient is broken does not.
+
+Calibration (60 iterations, this configuration, CPU): PQ 23.7 (PQ_st 55.3) with the C-RBP
+gradient; PQ 7.7 (PQ_st 17.9) with the RBP gradient zeroed (Neumann sum replaced by zeros), which
+starves the backbone, since every head's gradient passes through the recurrent FPN blocks. The
+threshold sits between the two with margin on both sides.
+"""
+import json
+
+import pytest
+import torch
+from detectron2.engine import HookBase
+
+import crbp_detectron  # noqa: F401
+from crbp_detectron.config import load_config
+from crbp_detectron.data.demo import DemoParams, register_demo_datasets
+from crbp_detectron.engine import Trainer
+
+from .modeling.utils import TINY
+
+ITERATIONS = 60
+PQ_THRESHOLD = 15.0
+DATA = DemoParams(train_images=200, val_images=24, image_size=64, min_object_size=12, max_object_size=30)
+
+
+class LossLog(HookBase):
+    def __init__(self):
+        self.losses = []
+
+    def after_step(self):
+        self.losses.append(self.trainer.storage.latest()["total_loss"][0])
+
+
+def test_demo_model_learns_through_its_recurrent_blocks(tmp_path):
+    register_demo_datasets(str(tmp_path / "data"), DATA, progress=False)
+    opts = [str(o) for o in TINY]
+    for key, value in (("MODEL.ROI_HEADS.NUM_CLASSES", 4), ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 4)):
+        opts[opts.index(key) + 1] = str(value)
+    opts += ["MODEL.BACKBONE.NAME", "build_resnet_crbp_fpn_backbone", "MODEL.CRBP.STEPS", "6",
+             "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.02",
+             "SOLVER.WARMUP_ITERS", "20", "SOLVER.STEPS", f"({int(ITERATIONS * 0.8)},)",
+             "SOLVER.MAX_ITER", str(ITERATIONS), "SOLVER.CHECKPOINT_PERIOD", "100000",
+             "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "OUTPUT_DIR", str(tmp_path / "out"), "SEED", "0"]
+    cfg = load_config("demo/panoptic_crbp_demo.yaml", opts)
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    log = LossLog()
+    trainer.register_hooks([log])
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+
+    first, last = sum(log.losses[:10]) / 10, sum(log.losses[-10:]) / 10
+    assert last < 0.7 * first, (first, last)
+    results = Trainer.test(cfg, trainer.model)["panoptic_seg"]
+    assert results["PQ"] > PQ_THRESHOLD, json.dumps(results)
+    # The FPN's recurrent blocks reached a finite, logged state.
+    metrics = [json.loads(line) for line in open(tmp_path / "out" / "metrics.json")]
+    assert any("crbp/backbone.fpn_output2/neumann_terms" in m for m in metrics)
