@@ -31,6 +31,7 @@ setup(
         "pycocotools>=2.0.6",
         "fvcore>=0.1.5.post20221221,<0.1.6",
         "tqdm>=4.40",
+        "PyYAML>=5.1",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1"],
