@@ -1,6 +1,9 @@
 import os
 
-import pytest
+# Before anything loads OpenMP (torch): spinning OpenMP threads thrash on a shared 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_SAMPLE = os.path.join(os.path.dirname(REPO), "shared", "data", "coco_panoptic_val2017_sample")

@@ -7,6 +7,10 @@ and a COCO-format panoptic PNG (panoptic/<name>.png), plus predictions.json for 
 
 Any size; grayscale, palette, 16-bit and RGBA images are converted to RGB.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spin-wait thrash on shared CPUs
+
 import argparse
 import sys
 

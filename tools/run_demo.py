@@ -9,10 +9,13 @@ evaluator, and write numbers and pictures to output/demo/:
     test_steps/              PQ against test-time recurrent steps (CSV + PNG)
     residuals.png            the recurrent block's residual against step: does it converge?
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spin-wait thrash on shared CPUs
+
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time

@@ -14,6 +14,9 @@ SIGTERM/SIGINT saves a checkpoint at the current iteration and exits (128 + sign
 COCO-PanopticSegmentation/panoptic_crbp_R_50_1x.yaml) or a Detectron2 model-zoo name.
 """
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spin-wait thrash on shared CPUs
+
 import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
