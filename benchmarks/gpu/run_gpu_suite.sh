@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The whole benchmark suite on a bare GPU machine (Python 3.12 and PyTorch preinstalled, no
+# network), within 8 minutes. Prepare the wheels first, on the CPU machine:
+#
+#   bash benchmarks/gpu/build_wheels.sh [--fpn]       # -> benchmarks/gpu/.whl/ (git-ignored)
+#
+# then, on the GPU machine, from the repository root (with the device tool: carry
+# ["benchmarks/gpu/.whl"]; $OUT is the folder whose files come back):
+#
+#   OUT=$OUT bash benchmarks/gpu/run_gpu_suite.sh
+#
+# Writes 8 files into ${OUT:-benchmarks/results}: core_memory.{md,png} and
+# recurrence_{pathfinder,mask_head,fpn}.{md,png} (fpn only if Detectron2's wheels were shipped
+# and the model builds). Each stage has its own time limit so the suite ends within 8 minutes
+# even if one of them hangs; the log goes to stdout.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python3}
+WHL=benchmarks/gpu/.whl
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
+
+"$PY" - <<'EOF' || { echo "no usable CUDA device: stopping" >&2; exit 1; }
+import sys, torch
+assert torch.cuda.is_available(), "torch.cuda.is_available() is False"
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.version.cuda}, "
+      f"{torch.cuda.get_device_name(0)}")
+EOF
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+
+echo "== [$(elapsed) s] install from $WHL (no network)"
+PIP=("$PY" -m pip install --disable-pip-version-check --no-index --find-links "$WHL")
+if [ -d "$WHL" ]; then
+  # Already-installed requirements (numpy, Pillow, torch for torchdeq) are left as they are.
+  "${PIP[@]}" matplotlib psutil || echo "!! matplotlib/psutil not installed: tables only, no PNGs"
+  "${PIP[@]}" --no-deps torchdeq==0.1.0 || echo "!! torchdeq not installed: its methods are skipped"
+  if ls "$WHL"/detectron2-*.whl >/dev/null 2>&1; then
+    "${PIP[@]}" Pillow "pycocotools>=2.0.8" termcolor "yacs>=0.1.8" tabulate cloudpickle tqdm pyyaml \
+        portalocker typing_extensions antlr4-python3-runtime==4.9.3 \
+      && "${PIP[@]}" --no-deps omegaconf hydra-core fvcore iopath panopticapi-lite detectron2 \
+      || echo "!! Detectron2 or its deps failed to install: the fpn workload will be skipped"
+  else
+    echo "-- no detectron2 wheel in $WHL (build_wheels.sh --fpn): the fpn workload will be skipped"
+  fi
+  "${PIP[@]}" --no-deps crbp-detectron || echo "!! crbp-detectron wheel not installed: using the source tree"
+else
+  echo "!! $WHL not found: running from the source tree with whatever is installed"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the benchmarks package lives in the tree
+# OpenCV is not shipped (too big to carry); Detectron2 treats it as optional.
+"$PY" -c "import cv2" 2>/dev/null || export DETECTRON2_DISABLE_CV2=1
+export PYTHONWARNINGS=ignore
+
+run_stage() {  # run_stage LIMIT_S NAME ARGS...: one benchmark, killed past its limit
+  local limit=$1 name=$2; shift 2
+  echo "== [$(elapsed) s] $name (limit ${limit} s)"
+  timeout --signal=TERM --kill-after=10 "$limit" "$PY" "$@"
+  local rc=$?
+  [ $rc -eq 124 ] && echo "!! $name stopped at its ${limit} s limit"
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && echo "!! $name failed (rc=$rc)"
+  return 0
+}
+
+# Budget (s): install ~20, core 50, pathfinder 100, mask_head 140, fpn 150 = 460 < 480.
+run_stage 50 core_memory -m benchmarks.core_memory --device cuda --repeats 5 --out "$OUT"
+run_stage 100 pathfinder -m benchmarks.recurrence --device cuda --workloads pathfinder --repeats 5 \
+    --grad-device cpu --out "$OUT"
+run_stage 140 mask_head -m benchmarks.recurrence --device cuda --workloads mask_head --repeats 5 \
+    --grad-device cpu --out "$OUT"
+run_stage 150 fpn -m benchmarks.recurrence --device cuda --workloads fpn --repeats 2 --out "$OUT"
+
+echo "== [$(elapsed) s] done; files in $OUT:"
+ls -l "$OUT"
