@@ -41,7 +41,8 @@ def test_demo_model_learns_through_its_recurrent_blocks(tmp_path):
              "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.02",
              "SOLVER.WARMUP_ITERS", "20", "SOLVER.STEPS", f"({int(ITERATIONS * 0.8)},)",
              "SOLVER.MAX_ITER", str(ITERATIONS), "SOLVER.CHECKPOINT_PERIOD", "100000",
-             "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "OUTPUT_DIR", str(tmp_path / "out"), "SEED", "0"]
+             "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.5",
+             "OUTPUT_DIR", str(tmp_path / "out"), "SEED", "0"]
     cfg = load_config("demo/panoptic_crbp_demo.yaml", opts)
     torch.manual_seed(0)
     trainer = Trainer(cfg)
