@@ -382,23 +382,13 @@ def flatten_results(results) -> Dict[str, float]:
 
 
 def plot_test_steps(rows, path, train_steps=None):
-    import matplotlib
+    from .plotting import saved_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    steps = [r["test_steps"] for r in rows]
-    for key, label in (("panoptic_seg/PQ", "PQ"), ("panoptic_seg/PQ_th", "PQ things"), ("panoptic_seg/PQ_st", "PQ stuff")):
-        if any(key in r for r in rows):
-            ax.plot(steps, [r.get(key, float("nan")) for r in rows], marker="o", label=label)
-    if train_steps:
-        ax.axvline(train_steps, color="gray", linestyle="--", linewidth=1, label=f"training steps ({train_steps})")
-    ax.set_xlabel("recurrent steps at test time")
-    ax.set_ylabel("panoptic quality")
-    ax.set_title("PQ against test-time steps")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, "PQ against test-time steps", "recurrent steps at test time", "panoptic quality") as ax:
+        steps = [r["test_steps"] for r in rows]
+        for key, label in (("panoptic_seg/PQ", "PQ"), ("panoptic_seg/PQ_th", "PQ things"),
+                           ("panoptic_seg/PQ_st", "PQ stuff")):
+            if any(key in r for r in rows):
+                ax.plot(steps, [r.get(key, float("nan")) for r in rows], marker="o", label=label)
+        if train_steps:
+            ax.axvline(train_steps, color="gray", linestyle="--", linewidth=1, label=f"training steps ({train_steps})")

@@ -66,29 +66,18 @@ def residual_curves(predictor, images, steps):
 
 
 def plot_residuals(curves, train_steps, path):
-    import matplotlib
+    from crbp_detectron.plotting import saved_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, traces in curves.items():
-        if not traces:
-            continue
-        arr = np.array(traces)
-        steps = np.arange(1, arr.shape[1] + 1)
-        ax.fill_between(steps, np.percentile(arr, 10, 0), np.percentile(arr, 90, 0), alpha=0.2)
-        ax.plot(steps, np.median(arr, 0), label=f"{name} (median, 10-90%)")
-    ax.axvline(train_steps, color="gray", linestyle="--", linewidth=1, label=f"training steps ({train_steps})")
-    ax.set_yscale("log")
-    ax.set_xlabel("recurrent step")
-    ax.set_ylabel("||h_t+1 - h_t|| / ||h_t+1||")
-    ax.set_title("Does the recurrent block converge?")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, "Does the recurrent block converge?", "recurrent step", "||h_t+1 - h_t|| / ||h_t+1||") as ax:
+        for name, traces in curves.items():
+            if not traces:
+                continue
+            arr = np.array(traces)
+            steps = np.arange(1, arr.shape[1] + 1)
+            ax.fill_between(steps, np.percentile(arr, 10, 0), np.percentile(arr, 90, 0), alpha=0.2)
+            ax.plot(steps, np.median(arr, 0), label=f"{name} (median, 10-90%)")
+        ax.axvline(train_steps, color="gray", linestyle="--", linewidth=1, label=f"training steps ({train_steps})")
+        ax.set_yscale("log")
 
 
 def main(argv=None):
