@@ -95,18 +95,26 @@ def memory_probe(args) -> dict:
     return out
 
 
+def finished_result(output_dir):
+    """The results of a run that completed earlier in `output_dir` (resumable experiment), or None."""
+    path = os.path.join(output_dir, "results.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            res = json.load(f)
+        if res.get("status") == "done":
+            return res
+    return None
+
+
 def run_models(args, memory) -> dict:
     results = {}
     for name in args.models:
         cfg = config_for(name, args, memory["bptt_steps_same_memory"])
-        res_path = os.path.join(cfg["output_dir"], "results.json")
-        if os.path.exists(res_path):
-            with open(res_path) as f:
-                res = json.load(f)
-            if res.get("status") == "done":
-                results[name] = res
-                print(f"[{name}] done already", flush=True)
-                continue
+        done = finished_result(cfg["output_dir"])
+        if done is not None:
+            results[name] = done
+            print(f"[{name}] done already", flush=True)
+            continue
         print(f"[{name}] training {cfg['model']}", flush=True)
         t0 = time.time()
         res = run(cfg, echo=not args.quiet)
@@ -144,28 +152,18 @@ def investigate(args, memory) -> dict:
         cfg["train"].update(iterations=args.investigate_iterations, eval_every=0)
         cfg["eval"].update(sweep_lengths=[max(cfg["data"]["train_lengths"])], sweep_max_steps=40)
         cfg["data"]["test_lengths"] = [max(cfg["data"]["train_lengths"])]
-        path = os.path.join(cfg["output_dir"], "results.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                res = json.load(f)
-            if res.get("status") == "done":
-                results[key] = res
-                continue
+        done = finished_result(cfg["output_dir"])
+        if done is not None:
+            results[key] = done
+            continue
         print(f"[investigate {key}] {cfg['model']} {cfg['train'].get('lr')}", flush=True)
         results[key] = run(cfg, echo=not args.quiet)
     return results
 
 
 def load_investigation(args) -> dict:
-    out = {}
-    for key in INVESTIGATIONS:
-        path = os.path.join(args.out, "investigate", key, "results.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                res = json.load(f)
-            if res.get("status") == "done":
-                out[key] = res
-    return out
+    found = {key: finished_result(os.path.join(args.out, "investigate", key)) for key in INVESTIGATIONS}
+    return {key: res for key, res in found.items() if res is not None}
 
 
 def _final_task_loss(out_dir, last=4):
@@ -179,15 +177,8 @@ def _final_task_loss(out_dir, last=4):
 
 # ------------------------------------------------------------------------------- report
 def _load_results(args):
-    out = {}
-    for name in MODELS:
-        path = os.path.join(args.out, name, "results.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                res = json.load(f)
-            if res.get("status") == "done":
-                out[name] = res
-    return out
+    found = {name: finished_result(os.path.join(args.out, name)) for name in MODELS}
+    return {name: res for name, res in found.items() if res is not None}
 
 
 def _sweep_iou(res, length, steps):
