@@ -2,8 +2,12 @@
 #   make setup  - create .venv (python3.11), install torch/torchvision, detectron2 and this package
 #   make test   - run the test suite
 #   make demo   - run tools/run_demo.py
-# `make setup` is idempotent: a stamp file makes a re-run a no-op until setup.py, this Makefile
-# or tools/install_detectron2.py change; each step also checks before it installs.
+#   make lock   - re-resolve requirements/setup.txt from requirements/setup.in (needs uv)
+# `make setup` is idempotent: a stamp file makes a re-run a no-op until one of its inputs changes
+# (setup.py, this Makefile, the lock file, the detectron2 installer and its files); each step
+# also checks before it installs. Everything beyond torch/torchvision is pinned with hashes in
+# requirements/setup.txt and installed without dependency resolution (--no-deps: the lock is
+# complete), so two machines get the same environment.
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -17,9 +21,11 @@ VPY := $(VENV)/bin/python
 export OMP_WAIT_POLICY ?= PASSIVE
 VPIP := $(VPY) -m pip
 STAMP := $(VENV)/.setup-stamp
-SETUP_INPUTS := Makefile tools/install_detectron2.py $(wildcard setup.py setup.cfg pyproject.toml)
+LOCK := requirements/setup.txt
+SETUP_INPUTS := Makefile $(LOCK) tools/install_detectron2.py $(wildcard tools/detectron2_pure/*) \
+	$(wildcard setup.py setup.cfg pyproject.toml)
 
-.PHONY: setup test demo clean-setup
+.PHONY: setup test demo lock clean-setup
 
 setup: $(STAMP)
 
@@ -34,8 +40,9 @@ $(STAMP): $(SETUP_INPUTS) | $(VPY)
 	else \
 	  $(VPIP) install torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION); \
 	fi
+	$(VPIP) install --require-hashes --no-deps -r $(LOCK)
 	$(VPY) tools/install_detectron2.py
-	$(VPIP) install -e '.[test]'
+	$(VPIP) install --no-deps --no-build-isolation -e .
 	@touch $@
 
 test: setup
@@ -43,6 +50,13 @@ test: setup
 
 demo: setup
 	$(VPY) tools/run_demo.py
+
+# The lock: versions that satisfy requirements/setup.in (and overrides.txt), with the sha256 of
+# every file PyPI has for them. Keeps the current pins where they still fit; `make lock
+# UPGRADE=--upgrade` moves everything to the newest. Review the diff, then run the tests.
+lock:
+	uv pip compile --python $(PYTHON) --generate-hashes $(UPGRADE) --custom-compile-command "make lock" \
+	  --override requirements/overrides.txt requirements/setup.in -o $(LOCK)
 
 # Forget the stamp so the next `make setup` re-checks every step (the venv is kept).
 clean-setup:

@@ -3,7 +3,8 @@
 as a Detectron2 extension.
 
 Detectron2 itself is not on PyPI, so it is not an install requirement here: `make setup` (or
-`python tools/install_detectron2.py`) installs it. See README.md.
+`python tools/install_detectron2.py`) installs it. These are the ranges the package works with;
+`make setup` installs exact versions, with hashes, from requirements/setup.txt. See README.md.
 """
 import os
 
@@ -32,9 +33,10 @@ setup(
         "fvcore>=0.1.5.post20221221,<0.1.6",
         "tqdm>=4.40",
         "PyYAML>=5.1",
+        "tabulate>=0.8.9",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1"],
-        "bench": ["torchdeq==0.1.0", "psutil>=5.9"],
+        "bench": ["torchdeq==0.1.0"],
     },
 )

@@ -8,7 +8,7 @@
 # Contents (never torch / torchvision: the GPU machine has its own build, and a bare requirement
 # would pull a multi-GB one):
 #   1. binary wheels for CPython 3.12 manylinux x86_64 (pip download --only-binary=:all:):
-#      matplotlib and its deps (numpy, Pillow, ...), psutil; torchdeq==0.1.0 (--no-deps: it
+#      matplotlib and its deps (numpy, Pillow, ...), tabulate; torchdeq==0.1.0 (--no-deps: it
 #      would otherwise pull torch);
 #   2. our package, built here as a pure-Python wheel (pip wheel --no-deps);
 #   3. with --fpn: Detectron2's runtime deps (binary wheels where PyPI has them; the pure-Python
@@ -47,7 +47,7 @@ pure_wheel() {  # a pure-Python wheel of a PyPI project: downloaded if PyPI has 
 }
 
 echo "== 1. benchmark dependencies (CPython $TARGET_PY, manylinux x86_64)"
-"${DOWNLOAD[@]}" matplotlib psutil
+"${DOWNLOAD[@]}" matplotlib tabulate
 "${DOWNLOAD[@]}" --no-deps torchdeq==0.1.0
 
 echo "== 2. crbp-detectron (pure-Python wheel, built from a clean copy of the sources)"

@@ -34,7 +34,7 @@ echo "== [$(elapsed) s] install from $WHL (no network)"
 PIP=("$PY" -m pip install --disable-pip-version-check --no-index --find-links "$WHL")
 if [ -d "$WHL" ]; then
   # Already-installed requirements (numpy, Pillow, torch for torchdeq) are left as they are.
-  "${PIP[@]}" matplotlib psutil || echo "!! matplotlib/psutil not installed: tables only, no PNGs"
+  "${PIP[@]}" matplotlib tabulate || echo "!! matplotlib/tabulate not installed"
   "${PIP[@]}" --no-deps torchdeq==0.1.0 || echo "!! torchdeq not installed: its methods are skipped"
   if ls "$WHL"/detectron2-*.whl >/dev/null 2>&1; then
     "${PIP[@]}" Pillow "pycocotools>=2.0.8" termcolor "yacs>=0.1.8" tabulate cloudpickle tqdm pyyaml \
