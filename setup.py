@@ -21,7 +21,7 @@ setup(
     packages=find_packages(include=["crbp_detectron", "crbp_detectron.*"]),
     # The configs live in crbp_detectron/configs (the top-level `configs` is a link to it) so they
     # ship with the package and `--config-file panoptic_crbp.yaml` resolves from any directory.
-    package_data={"crbp_detectron": ["configs/*.yaml", "configs/*/*.yaml"]},
+    package_data={"crbp_detectron": ["configs/*.yaml", "configs/*/*.yaml", "configs/*/*.py"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
