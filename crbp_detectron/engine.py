@@ -132,11 +132,20 @@ class PreemptionHook(HookBase):
     def __init__(self):
         self._received = 0
         self._previous = {}
+        self._owner_pid = None
 
     def _handler(self, signum, frame):
+        if os.getpid() != self._owner_pid:
+            # A process forked while training runs (a multiprocessing pool, e.g. panopticapi's
+            # in the final evaluation) inherits this handler; there the signal must kill as
+            # usual, or pool.terminate() waits forever for a child that ignores SIGTERM.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self._received = signum
 
     def before_train(self):
+        self._owner_pid = os.getpid()
         for sig in self.SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)

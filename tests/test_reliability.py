@@ -82,6 +82,41 @@ def test_preempted_and_resumed_run_ends_with_the_uninterrupted_weights(demo_root
         assert torch.allclose(got[key].float(), value.float(), rtol=1e-5, atol=1e-7), key
 
 
+def _sleep_forever(started):
+    import time
+    started.set()
+    while True:
+        time.sleep(1)
+
+
+def test_preemption_handler_does_not_keep_forked_children_alive():
+    """Children forked during training (panopticapi's evaluation pool runs in the final eval)
+    inherit the handler; pool.terminate()'s SIGTERM must still end them, or the run hangs."""
+    import multiprocessing
+
+    from crbp_detectron.engine import PreemptionHook
+
+    hook = PreemptionHook()
+    hook.before_train()
+    try:
+        context = multiprocessing.get_context("fork")
+        started = context.Event()
+        child = context.Process(target=_sleep_forever, args=(started,))
+        child.start()
+        # A signal that lands inside fork() itself is dropped by CPython: signal a running child.
+        assert started.wait(timeout=20)
+        child.terminate()
+        child.join(timeout=20)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+            child.join()
+        assert not alive and child.exitcode == -signal.SIGTERM
+        assert hook._received == 0  # the child's signal is not the trainer's preemption
+    finally:
+        hook.after_train()
+
+
 class NaNLossAt(HookBase):
     def __init__(self, iteration):
         self.iteration, self.snapshot = iteration, None
