@@ -7,7 +7,8 @@
     ... train.device=cpu model.roi_heads.mask_head.recurrence.steps=10     # overrides: key=value
 
 --config-file takes a path, a .py config packaged with crbp_detectron or a Detectron2 model-zoo
-name. The same components as tools/train_net.py (YAML configs), built by `instantiate`; the step
+name; the demo data (crbp_demo_{train,val}_separated) is generated and registered when named. The
+same components as tools/train_net.py (YAML configs), built by `instantiate`; the step
 refuses a non-finite loss before the optimizer moves, as there.
 """
 import os
@@ -25,6 +26,7 @@ from detectron2.utils import comm
 
 import crbp_detectron  # noqa: F401  (registers the components)
 from crbp_detectron.config import resolve_config_file
+from crbp_detectron.data.demo import DEMO_DATASETS, register_demo_datasets
 from crbp_detectron.engine import FiniteLossTrainer, launch_from_args
 
 logger = logging.getLogger("detectron2.crbp")
@@ -65,6 +67,9 @@ def main(args):
     args.config_file = resolve_config_file(args.config_file)
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     default_setup(cfg, args)
+    names = [cfg.dataloader.train.dataset.names, cfg.dataloader.test.dataset.names]
+    if any(n.startswith(DEMO_DATASETS) for name in names for n in ([name] if isinstance(name, str) else name)):
+        register_demo_datasets(progress=comm.is_main_process())  # the embedded demo data (COCO: built in)
     if not args.eval_only:
         return train(cfg, args.resume)
     model = instantiate(cfg.model).to(cfg.train.device)
