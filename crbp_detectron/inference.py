@@ -118,7 +118,7 @@ def save_prediction(outputs: Dict, rgb: np.ndarray, metadata, out_dir: str, stem
     PNG: segment id as R + 256 G + 256^2 B); returns the JSON entry."""
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
-    from .data.coco_panoptic import id_to_rgb
+    from panopticapi.utils import id2rgb
 
     os.makedirs(os.path.join(out_dir, "panoptic"), exist_ok=True)
     # Small images are drawn enlarged, so that labels stay readable.
@@ -128,7 +128,7 @@ def save_prediction(outputs: Dict, rgb: np.ndarray, metadata, out_dir: str, stem
         panoptic_seg, segments_info = outputs["panoptic_seg"]
         panoptic_seg = panoptic_seg.cpu()
         vis = visualizer.draw_panoptic_seg_predictions(panoptic_seg, segments_info)
-        Image.fromarray(id_to_rgb(panoptic_seg.numpy())).save(os.path.join(out_dir, "panoptic", stem + ".png"))
+        Image.fromarray(id2rgb(panoptic_seg.numpy())).save(os.path.join(out_dir, "panoptic", stem + ".png"))
         record = panoptic_record(panoptic_seg, segments_info, metadata, stem + ".png", stem)
     elif "instances" in outputs:
         vis = visualizer.draw_instance_predictions(outputs["instances"].to("cpu"))

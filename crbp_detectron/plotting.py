@@ -1,24 +1,39 @@
-"""Small matplotlib helper shared by the tools' plots (headless: the Agg backend)."""
+"""Small matplotlib helpers shared by the tools' and the benchmarks' plots (headless: Agg)."""
 from contextlib import contextmanager
+from typing import Optional, Sequence, Tuple
 
 
 @contextmanager
-def saved_figure(path: str, title: str, xlabel: str, ylabel: str, figsize=(5, 3.5)):
-    """Yields an Axes; on exit adds grid and legend, and writes the figure to `path`."""
+def saved_panels(path: str, title: str, labels: Sequence[Tuple[str, str]],
+                 figsize: Optional[Tuple[float, float]] = None, dpi: int = 120):
+    """Yields one Axes per (xlabel, ylabel), side by side; on exit labels them, adds grid and
+    legend, and writes the figure to `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, axes = plt.subplots(1, len(labels), figsize=figsize or (5.2 * len(labels), 4.2), squeeze=False)
     try:
-        yield ax
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        yield list(axes[0])
+        for ax, (xlabel, ylabel) in zip(axes[0], labels):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        if len(labels) == 1:
+            axes[0][0].set_title(title)
+        else:
+            fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=dpi)
     finally:
         plt.close(fig)
+
+
+@contextmanager
+def saved_figure(path: str, title: str, xlabel: str, ylabel: str, figsize=(5, 3.5)):
+    """Yields an Axes; on exit adds grid and legend, and writes the figure to `path`."""
+    with saved_panels(path, title, [(xlabel, ylabel)], figsize=figsize) as (ax,):
+        yield ax

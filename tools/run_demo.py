@@ -40,11 +40,11 @@ def final_metrics(metrics_json):
 
 
 def pq_table(metrics):
-    rows = ["| | PQ | SQ | RQ |", "|---|---|---|---|"]
-    for label, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-        rows.append(f"| {label} | " + " | ".join(f"{metrics[f'panoptic_seg/{k}{suffix}']:.1f}" for k in ("PQ", "SQ", "RQ"))
-                    + " |")
-    return "\n".join(rows) + "\n"
+    from crbp_detectron.tables import markdown_table
+
+    rows = [[label] + [f"{metrics[f'panoptic_seg/{k}{suffix}']:.1f}" for k in ("PQ", "SQ", "RQ")]
+            for label, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st"))]
+    return markdown_table(["", "PQ", "SQ", "RQ"], rows) + "\n"
 
 
 def residual_curves(predictor, images, steps):

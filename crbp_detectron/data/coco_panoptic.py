@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from panopticapi.utils import rgb2id
 from PIL import Image
 
 IGNORE_LABEL = 255
@@ -33,22 +34,11 @@ def load_json(path: str) -> dict:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
 
 
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG colour -> segment id (R + 256 G + 256^2 B)."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    ids = np.asarray(ids, dtype=np.int64)
-    return np.stack([ids % 256, (ids // 256) % 256, ids // (256 * 256)], axis=-1).astype(np.uint8)
-
-
 def read_panoptic_png(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: panoptic PNG not found")
     with Image.open(path) as im:
-        return rgb_to_id(np.asarray(im.convert("RGB")))
+        return rgb2id(np.asarray(im.convert("RGB")))
 
 
 # ---------------------------------------------------------------------------------- metadata

@@ -18,9 +18,10 @@ from typing import Dict, Optional
 
 import cv2
 import numpy as np
+from panopticapi.utils import id2rgb
 from PIL import Image
 
-from .coco_panoptic import id_to_rgb, panoptic_to_instances, register_panoptic_separated, write_stuff_pngs
+from .coco_panoptic import panoptic_to_instances, register_panoptic_separated, write_stuff_pngs
 
 VERSION = 1
 DEMO_DATASETS = ("crbp_demo_train", "crbp_demo_val")
@@ -178,7 +179,7 @@ def _write_split(root, split, count, params: DemoParams, progress: bool):
         image_id = idx + 1
         name = f"{split}_{image_id:06d}"
         Image.fromarray(image).save(os.path.join(paths["image_root"], name + ".jpg"), quality=95)
-        Image.fromarray(id_to_rgb(ids)).save(os.path.join(paths["panoptic_root"], name + ".png"))
+        Image.fromarray(id2rgb(ids)).save(os.path.join(paths["panoptic_root"], name + ".png"))
         images.append({"id": image_id, "file_name": name + ".jpg", "height": image.shape[0], "width": image.shape[1]})
         annotations.append({"image_id": image_id, "file_name": name + ".png", "segments_info": segments})
     with open(paths["panoptic_json"], "w") as f:

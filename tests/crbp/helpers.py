@@ -65,20 +65,3 @@ def flat(tensors):
 
 def rel_err(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
-
-
-def saved_bytes(fn):
-    """Bytes that autograd saves for backward while `fn` runs."""
-    total = [0]
-    seen = set()
-
-    def pack(t):
-        key = (t.data_ptr(), t.numel(), t.dtype)  # a tensor saved twice is stored once
-        if key not in seen:
-            seen.add(key)
-            total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return total[0], out

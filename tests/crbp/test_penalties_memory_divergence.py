@@ -10,8 +10,9 @@ from crbp_detectron.crbp import (HGRUCell, NeumannConfig, Recurrence, collect_re
                                  jacobian_frobenius_penalty, lipschitz_penalty, neumann_series,
                                  penalty_losses, summary_scalars)
 from crbp_detectron.crbp.cells import chrono_init_
+from crbp_detectron.crbp.memory import saved_bytes
 
-from .helpers import LinearMap, TanhMap, saved_bytes
+from .helpers import LinearMap, TanhMap
 
 
 def test_lcp_equals_explicit_column_sums():

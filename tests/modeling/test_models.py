@@ -12,10 +12,10 @@ from detectron2.utils.events import EventStorage
 import crbp_detectron  # noqa: F401
 from crbp_detectron.config import CONFIG_DIR, get_cfg, load_config, resolve_config_file
 from crbp_detectron.crbp import Recurrence, recurrent_blocks
+from crbp_detectron.crbp.memory import saved_bytes
 from crbp_detectron.modeling import CRBPMaskHead
 from detectron2.layers import ShapeSpec
 
-from ..crbp.helpers import saved_bytes
 from .utils import TINY, synthetic_batch
 
 DETECTRON2_CONFIGS = sorted(
