@@ -7,8 +7,8 @@ for the four training modes (issue 3's benchmark).
 Workload: `HGRUCell(32, 3, norm="group", num_groups=8)` on x of shape [4, 32, 64, 64] (float32),
 loss sum(readout * h) (+ the LCP in crbp/cbptt), backward into the weights and x. Per mode and
 steps: saved-for-backward bytes, peak RSS increase of a training step (fresh subprocess per
-configuration) or CUDA peak, and median time per training step. See benchmarks/common.py for
-how each is measured.
+configuration) or CUDA peak, and median time per training step. See benchmarks/memory.py and
+benchmarks/timing.py for how each is measured.
 """
 import argparse
 import os
@@ -17,7 +17,14 @@ import time
 
 import torch
 
-from . import common
+from crbp_detectron.tables import markdown_table
+
+from .machine import machine_line
+from .measure import measure_group
+from .memory import MIB, REPO_ROOT, release_memory
+from .methods import NEUMANN_NOTE, MethodSettings, build_method, method_description, training_case
+from .report import command_line, plot_series, print_parent_peak, print_row, series, start_run
+from .timing import paired_ratio
 
 FACTORY = "benchmarks.core_memory:build_case"
 MODES = ("crbp", "rbp", "bptt", "cbptt")
@@ -27,7 +34,7 @@ TINY_SHAPE = (2, 8, 12, 12)
 
 
 def build_case(case):
-    """A `common.Case` from a JSON-able description (also used by the peak-RSS subprocess)."""
+    """A `Case` from a JSON-able description (also used by the peak-RSS subprocess)."""
     from crbp_detectron.crbp import HGRUCell
 
     device = torch.device(case.get("device", "cpu"))
@@ -37,9 +44,9 @@ def build_case(case):
     gen = torch.Generator().manual_seed(case.get("seed", 0) + 1)
     x = torch.rand(case["shape"], generator=gen).to(device).requires_grad_()
     readout = (torch.randn(case["shape"], generator=gen) / case["shape"][0]).to(device)
-    settings = common.MethodSettings(neumann_steps=case.get("neumann_steps", 15))
-    method = common.build_method(case["method"], cell, case["steps"], settings)
-    return common.training_case(method, cell.parameters(), x, readout)
+    settings = MethodSettings(neumann_steps=case.get("neumann_steps", 15))
+    method = build_method(case["method"], cell, case["steps"], settings)
+    return training_case(method, cell.parameters(), x, readout)
 
 
 def write_outputs(rows, args, argv, machine, wall):
@@ -52,8 +59,8 @@ def write_outputs(rows, args, argv, machine, wall):
     for r in rows:
         peak = r.get("peak")
         table.append([
-            r["mode"], r["steps"], r["saved"] / common.MIB if "saved" in r else r.get("error"),
-            peak / common.MIB if peak is not None else (r.get("peak_error") or ("not measured" if cpu and not args.rss else None)),
+            r["mode"], r["steps"], r["saved"] / MIB if "saved" in r else r.get("error"),
+            peak / MIB if peak is not None else (r.get("peak_error") or ("not measured" if cpu and not args.rss else None)),
             r["time"] * 1e3 if "time" in r else None, r.get("neumann"),
             f"{r['time_min'] * 1e3:.1f}–{r['time_max'] * 1e3:.1f}" if "time" in r else None,
         ])
@@ -70,11 +77,11 @@ def write_outputs(rows, args, argv, machine, wall):
         a, b = get("crbp", hi, key), get("crbp", lo, key)
         if a is not None and b:
             quotes.append(f"- crbp memory at {hi} steps ÷ at {lo} step(s), {label}: **{a / b:.3f}** "
-                          f"({a / common.MIB:.1f} MiB / {b / common.MIB:.1f} MiB)")
+                          f"({a / MIB:.1f} MiB / {b / MIB:.1f} MiB)")
     mid = 20 if 20 in args.steps else sorted(args.steps)[len(args.steps) // 2]
     a, b = get("crbp", mid, "time"), get("bptt", mid, "time")
     if a is not None and b:
-        paired = common.paired_ratio(get("crbp", mid, "times"), get("bptt", mid, "times"))
+        paired = paired_ratio(get("crbp", mid, "times"), get("bptt", mid, "times"))
         quotes.append(f"- crbp time at {mid} steps ÷ bptt time at {mid} steps: **{a / b:.3f}** "
                       f"({a * 1e3:.1f} ms / {b * 1e3:.1f} ms; median of per-repeat ratios {paired:.3f})")
     for key, label in (("saved", "saved bytes"), ("peak", peak_name.split(" (")[0])):
@@ -89,10 +96,10 @@ def write_outputs(rows, args, argv, machine, wall):
         "Command (from the repository root):",
         "",
         "```",
-        common.command_line("benchmarks.core_memory", argv),
+        command_line("benchmarks.core_memory", argv),
         "```",
         "",
-        f"Machine: {common.machine_line(machine)}. Wall-clock of the whole run: {wall:.0f} s.",
+        f"Machine: {machine_line(machine)}. Wall-clock of the whole run: {wall:.0f} s.",
         "",
         f"Workload: `HGRUCell({shape[1]}, 3, norm='group', num_groups={min(8, shape[1])})`, x of shape "
         f"{list(shape)} float32 (a leaf with requires_grad, standing for upstream features), loss "
@@ -101,10 +108,10 @@ def write_outputs(rows, args, argv, machine, wall):
         "",
         "Modes:",
         "",
-    ] + ["- " + d for d in common.method_description(common.MethodSettings(neumann_steps=args.neumann_steps))
+    ] + ["- " + d for d in method_description(MethodSettings(neumann_steps=args.neumann_steps))
          if d.split("`")[1] in MODES] + [
         "",
-        "Measurements (details in `benchmarks/common.py`):",
+        "Measurements (details in `benchmarks/memory.py` and `benchmarks/timing.py`):",
         "",
         "- saved for backward: storages autograd saves during the forward (penalty included), each once, "
         "parameters and input excluded.",
@@ -118,9 +125,9 @@ def write_outputs(rows, args, argv, machine, wall):
         "that changes in the load of the shared CPU fall on all configurations alike. Expect noise; "
         "min–max shown.",
         "",
-        common.NEUMANN_NOTE,
+        NEUMANN_NOTE,
         "",
-        common.markdown_table(columns, table),
+        markdown_table(columns, table),
         "",
         "Key numbers:",
         "",
@@ -129,14 +136,11 @@ def write_outputs(rows, args, argv, machine, wall):
     with open(md_path, "w") as f:
         f.write("\n".join(lines))
 
-    panels = []
-    series = lambda key, scale: {m: {r["steps"]: (r[key] * scale if r.get(key) is not None else None)  # noqa: E731
-                                     for r in rows if r["mode"] == m} for m in args.modes}
-    panels.append(("saved for backward (MiB)", series("saved", 1 / common.MIB)))
+    panels = [("saved for backward (MiB)", series(rows, "mode", args.modes, "saved", 1 / MIB))]
     if any(r.get("peak") is not None for r in rows):
-        panels.append((peak_name, series("peak", 1 / common.MIB)))
-    panels.append(("time per training step (ms)", series("time", 1e3)))
-    common.plot_series(os.path.join(args.out, "core_memory.png"),
+        panels.append((peak_name, series(rows, "mode", args.modes, "peak", 1 / MIB)))
+    panels.append(("time per training step (ms)", series(rows, "mode", args.modes, "time", 1e3)))
+    plot_series(os.path.join(args.out, "core_memory.png"),
                        f"C-RBP core, HGRUCell({shape[1]}, 3) on {list(shape)}; {machine.get('gpu', machine['cpu'])}",
                        panels)
     return md_path, quotes
@@ -150,7 +154,7 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--neumann-steps", type=int, default=15)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default=os.path.join(common.REPO_ROOT, "benchmarks", "results"))
+    p.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks", "results"))
     p.add_argument("--tiny", action="store_true", help="tiny sizes (for the test)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-rss", dest="rss", action="store_false",
@@ -161,28 +165,23 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    machine = start_run(args)
     t0 = time.perf_counter()
-    machine = common.machine_info(args.device)
-    print(common.machine_line(machine), flush=True)
     shape = TINY_SHAPE if args.tiny else SHAPE
     cases = {(mode, steps): {"method": mode, "steps": steps, "shape": list(shape), "device": args.device,
                              "seed": 0, "neumann_steps": args.neumann_steps}
              for steps in args.steps for mode in args.modes}  # same N adjacent in the round-robin
-    measured = common.measure_group(cases, build_case, FACTORY, args.device, args.repeats, args.warmup, args.rss)
+    measured = measure_group(cases, build_case, FACTORY, args.device, args.repeats, args.warmup, args.rss)
+    release_memory(args.device)
     rows = []
     for (mode, steps), result in measured.items():
-        row = {"mode": mode, "steps": steps, **result}
-        rows.append(row)
-        print(f"{mode:6s} steps={steps:3d} saved={row.get('saved', 0) / common.MIB:9.2f} MiB "
-              f"peak={(row.get('peak') or 0) / common.MIB:9.2f} MiB time={row.get('time', float('nan')) * 1e3:9.1f} ms"
-              + (f" [{row.get('error') or row.get('peak_error')}]" if row.get("error") or row.get("peak_error") else ""),
-              flush=True)
+        rows.append({"mode": mode, "steps": steps, **result})
+        print_row(f"{mode:6s} steps={steps:3d}", rows[-1])
     rows.sort(key=lambda r: (args.modes.index(r["mode"]), r["steps"]))
     md_path, quotes = write_outputs(rows, args, argv, machine, time.perf_counter() - t0)
     print("\n".join(quotes))
     print(f"wrote {md_path} and core_memory.png ({time.perf_counter() - t0:.0f} s)")
+    print_parent_peak()
     return rows
 
 

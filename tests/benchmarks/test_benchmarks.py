@@ -6,7 +6,11 @@ import sys
 import pytest
 import torch
 
-from benchmarks import common, core_memory, recurrence
+from benchmarks import core_memory, recurrence
+from benchmarks.exact_gradient import agreement, exact_implicit_gradient, method_gradient
+from benchmarks.memory import peak_rss_in_subprocess
+from benchmarks.methods import MethodSettings, build_method, split_methods, torchdeq_status
+from crbp_detectron.tables import markdown_table
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +50,7 @@ def test_core_memory_tiny(tmp_path):
 
 def test_recurrence_tiny(tmp_path):
     methods = ["bptt", "crbp", "rbp"] + (["torchdeq_ift", "torchdeq_hook_ift", "torchdeq_phantom"]
-                                         if common.torchdeq_status()[0] else [])
+                                         if torchdeq_status()[0] else [])
     written = recurrence.main(["--tiny", "--workloads", "pathfinder", "mask_head", "fpn", "--steps", "1", "3",
                                "--repeats", "1", "--no-rss", "--threads", "1", "--out", str(tmp_path), "--methods", *methods])
     assert sorted(p.rsplit("/", 1)[1] for p in written) == ["recurrence_mask_head.md", "recurrence_pathfinder.md"]
@@ -74,17 +78,17 @@ def test_recurrence_tiny(tmp_path):
 
 def test_torchdeq_methods_skipped_when_absent(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchdeq", None)  # import torchdeq -> ImportError
-    ok, message = common.torchdeq_status()
+    ok, message = torchdeq_status()
     assert not ok and "skipping" in message
-    methods, notes = common.split_methods(["crbp", "torchdeq_ift", "torchdeq_phantom"])
+    methods, notes = split_methods(["crbp", "torchdeq_ift", "torchdeq_phantom"])
     assert methods == ["crbp"] and notes == [message]
-    assert common.split_methods(["crbp", "bptt"]) == (["crbp", "bptt"], [])
+    assert split_methods(["crbp", "bptt"]) == (["crbp", "bptt"], [])
 
 
 def test_peak_rss_subprocess_measures_a_step():
     case = {"workload": "mask_head", "shape": [2, 32, 6, 6], "kernel": 3, "method": "crbp", "steps": 2,
             "device": "cpu", "seed": 0}
-    result = common.peak_rss_in_subprocess(recurrence.FACTORY, case, timeout=300)
+    result = peak_rss_in_subprocess(recurrence.FACTORY, case, timeout=300)
     assert "error" not in result, result
     assert result["peak_rss_increase_bytes"] >= 0 and result["rss_before_bytes"] > 0
 
@@ -93,24 +97,17 @@ def test_exact_implicit_gradient_matches_a_converged_rbp():
     """On a contractive cell run to convergence, our RBP with enough terms agrees with the dense solve."""
     case = {"workload": "pathfinder", "shape": [1, 4, 5, 5], "kernel": 3, "dtype": "float64", "seed": 0}
     cell, x, readout = recurrence.make_problem(case)
-    exact = common.exact_implicit_gradient(cell, x, readout)
+    exact = exact_implicit_gradient(cell, x, readout)
     assert exact.residual < 1e-10 and exact.spectral_radius < 1
-    method = common.build_method("rbp", cell, 200, common.MethodSettings(neumann_steps=400))  # rho(J) ~ 0.9
-    grads, residual = common.method_gradient(method, cell, x, readout)
-    agree = common.agreement(grads, exact.grads)
+    method = build_method("rbp", cell, 200, MethodSettings(neumann_steps=400))  # rho(J) ~ 0.9
+    grads, residual = method_gradient(method, cell, x, readout)
+    agree = agreement(grads, exact.grads)
     assert residual < 1e-8
     assert agree["rel_err"] < 1e-6 and agree["cosine"] > 1 - 1e-10
 
 
-def test_saved_bytes_excludes_inputs_and_counts_storages_once():
-    w = torch.randn(50, 50, requires_grad=True)
-    x = torch.randn(50, 50)
-    nbytes, _ = common.saved_bytes(lambda: (x @ w).tanh(), exclude=[w, x])
-    assert nbytes == 50 * 50 * 4  # tanh's output only; the matmul's saved w and x are excluded
-    nbytes_all, _ = common.saved_bytes(lambda: (x @ w).tanh())
-    assert nbytes_all == 2 * 50 * 50 * 4  # + x, saved for the gradient of w
-
-
 def test_markdown_formatting():
-    md = common.markdown_table(["a", "b"], [["x", 1.5], ["y", None]])
-    assert re.search(r"\| x \| 1\.5 \|", md) and "| y | – |" in md
+    md = markdown_table(["a", "b"], [["x", 1.5], ["y", None], ["z", 1e-5]])
+    lines = md.splitlines()
+    assert re.fullmatch(r"\|-+\|-+\|", lines[1])  # GitHub table: header, separator, rows
+    assert table_rows(md, ["a", "x", "y", "z"]) == [["a", "b"], ["x", "1.5"], ["y", "–"], ["z", "1.000e-05"]]
