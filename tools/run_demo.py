@@ -96,7 +96,8 @@ def main(argv=None):
 
     from crbp_detectron.config import load_config
     from crbp_detectron.data.demo import generate_demo_dataset
-    from crbp_detectron.engine import register_datasets, sweep_test_steps
+    from crbp_detectron.engine import register_datasets
+    from crbp_detectron.test_steps import sweep_test_steps
     from crbp_detectron.inference import Predictor, predict_files, read_image_rgb
 
     t = time.time()

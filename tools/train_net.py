@@ -23,7 +23,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 
 import crbp_detectron  # noqa: F401  (registers the components)
-from crbp_detectron.engine import Preempted, Trainer, launch_from_args, setup, sweep_test_steps
+from crbp_detectron.engine import Preempted, Trainer, launch_from_args, setup
+from crbp_detectron.test_steps import sweep_test_steps
 
 
 def main(args):
