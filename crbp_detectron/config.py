@@ -4,8 +4,12 @@ Every key lives under MODEL.CRBP. Which blocks are recurrent is chosen the Detec
 registered name: MODEL.ROI_MASK_HEAD.NAME = "CRBPMaskHead" (the published model) and/or
 MODEL.BACKBONE.NAME = "build_resnet_crbp_fpn_backbone" (recurrence inside the FPN).
 """
+import difflib
+import math
 import os
 from typing import Optional
+
+import yaml
 
 from detectron2.config import CfgNode as _D2CfgNode
 from detectron2.config import get_cfg as _d2_get_cfg
@@ -19,6 +23,12 @@ MODEL_ZOO_PREFIX = "model_zoo:"  # _BASE_: "model_zoo:COCO-PanopticSegmentation/
 CELL_TYPES = ("hgru", "convgru")
 CELL_NORMS = ("GN", "BN", "")
 FPN_LEVELS = ("p2", "p3", "p4", "p5")
+# Detectron2's get_norm names (detectron2.layers.get_norm; "" = none).
+DETECTRON2_NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N")
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names it and what is allowed."""
 
 
 def add_crbp_config(cfg):
@@ -61,6 +71,17 @@ def add_crbp_config(cfg):
     _C.MODEL.CRBP.FPN = CN()
     _C.MODEL.CRBP.FPN.LEVELS = ["p2", "p3", "p4", "p5"]  # FPN outputs made recurrent
     _C.MODEL.CRBP.FPN.SHARE_CELL = False  # one cell for every level instead of one per level
+
+    # The training step's guard against exploding steps (crbp_detectron.train_step.GradientGuard):
+    # a step whose gradient norm is non-finite, or above FACTOR x the median norm of the last WINDOW
+    # accepted steps (judged once MIN_HISTORY have been accepted), is refused (skipped, weights
+    # unchanged); MAX_CONSECUTIVE_REFUSALS refusals in a row stop training. FACTOR 0 = refuse
+    # non-finite norms only; MAX_CONSECUTIVE_REFUSALS 0 = never stop.
+    _C.SOLVER.GRADIENT_GUARD = CN()
+    _C.SOLVER.GRADIENT_GUARD.FACTOR = 50.0
+    _C.SOLVER.GRADIENT_GUARD.WINDOW = 50
+    _C.SOLVER.GRADIENT_GUARD.MIN_HISTORY = 10
+    _C.SOLVER.GRADIENT_GUARD.MAX_CONSECUTIVE_REFUSALS = 3
     return cfg
 
 
@@ -112,17 +133,74 @@ def resolve_config_file(name: str) -> str:
 
 
 def load_config(name: str, opts: Optional[list] = None) -> CRBPCfgNode:
-    """get_cfg() + the config file (resolved by `resolve_config_file`) + opts, validated."""
+    """get_cfg() + the config file (resolved by `resolve_config_file`) + opts, validated. A key that
+    does not exist fails with the closest existing keys; a file that is not a Detectron2 config
+    (e.g. a Pathfinder config) says which tool reads it."""
     cfg = get_cfg()
-    cfg.merge_from_file(resolve_config_file(name))
+    path = resolve_config_file(name)
+    _check_is_detectron2_config(path)
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as e:
+        raise ConfigError(f"{path}: {_unknown_key_message(cfg, e)}") from None
+    except ValueError as e:  # yacs: a value of the wrong type, naming the key
+        raise ConfigError(f"{path}: {e}") from None
     if opts:
-        cfg.merge_from_list(list(opts))
+        if len(opts) % 2:
+            raise ConfigError(f"Config overrides must be KEY VALUE pairs; got an odd number: {list(opts)}")
+        try:
+            cfg.merge_from_list(list(opts))
+        except (KeyError, AssertionError) as e:  # yacs: KeyError, or an assertion "Non-existent key: X"
+            raise ConfigError(f"command line: {_unknown_key_message(cfg, e)}") from None
+        except ValueError as e:
+            raise ConfigError(f"command line: {e}") from None
     validate_crbp_config(cfg)
     return cfg
 
 
+def _check_is_detectron2_config(path: str):
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a YAML mapping of KEY: value, not a {type(data).__name__}")
+    lower = sorted(k for k in (data or {}) if isinstance(k, str) and k != k.upper())
+    if lower:
+        pathfinder = os.path.join(CONFIG_DIR, "pathfinder")
+        hint = ("It is a Pathfinder config: train it with `python tools/train_pathfinder.py --config-file "
+                f"{os.path.relpath(path, CONFIG_DIR) if path.startswith(pathfinder) else path}`."
+                if "_base_" in lower or path.startswith(pathfinder) else
+                "Detectron2 configs have upper-case top-level keys (MODEL, SOLVER, DATASETS, ...).")
+        raise ConfigError(f"{path} is not a Detectron2 config (top-level keys {lower}). {hint}")
+
+
+def _all_keys(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, _D2CfgNode):
+            yield from _all_keys(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
+
+
+def _unknown_key_message(cfg, error: Exception) -> str:
+    """yacs' "Non-existent (config) key: X" -> the key, and the closest existing keys."""
+    text = str(error.args[0]) if error.args else str(error)
+    if "Non-existent" not in text:
+        return text
+    key = text.split(":", 1)[1].strip()
+    keys = list(_all_keys(cfg))
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+    if not close:  # a misspelt last component under the right node
+        parent = key.rsplit(".", 1)[0] + "."
+        close = difflib.get_close_matches(key, [k for k in keys if k.startswith(parent)], n=3, cutoff=0.5)
+    suggestion = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown config key {key!r}{suggestion}"
+
+
 def _fail(key, value, allowed):
-    raise ValueError(f"Invalid config {key} = {value!r}: {allowed}")
+    raise ConfigError(f"Invalid config {key} = {value!r}: {allowed}")
 
 
 def _check_choice(node, key, choices, prefix):
@@ -131,33 +209,40 @@ def _check_choice(node, key, choices, prefix):
         _fail(prefix + key, value, f"must be one of {tuple(choices)}")
 
 
-def _check_number(node, key, prefix, low=None, high=None, integer=False, low_open=False):
+def _check_number(node, key, prefix, low=None, high=None, integer=False, low_open=False, high_open=False):
     value = getattr(node, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         _fail(prefix + key, value, "must be an integer" if integer else "must be a number")
-    if value != value:  # NaN
-        _fail(prefix + key, value, "must not be NaN")
+    if not math.isfinite(value):
+        _fail(prefix + key, value, "must be a finite number")
     if low is not None and (value <= low if low_open else value < low):
         _fail(prefix + key, value, f"must be {'>' if low_open else '>='} {low}")
-    if high is not None and value > high:
-        _fail(prefix + key, value, f"must be <= {high}")
+    if high is not None and (value >= high if high_open else value > high):
+        _fail(prefix + key, value, f"must be {'<' if high_open else '<='} {high}")
 
 
 def validate_crbp_config(cfg):
-    """Raises ValueError naming the key, the value and what is allowed, for any bad MODEL.CRBP key."""
+    """Raises ConfigError naming the key, the value and what is allowed, for any bad MODEL.CRBP or
+    SOLVER.GRADIENT_GUARD key."""
     if not hasattr(cfg.MODEL, "CRBP"):
-        raise ValueError("cfg has no MODEL.CRBP: call crbp_detectron.add_crbp_config(cfg) first")
+        raise ConfigError("cfg has no MODEL.CRBP: call crbp_detectron.add_crbp_config(cfg) first")
     c, p = cfg.MODEL.CRBP, "MODEL.CRBP."
     _check_choice(c, "MODE", MODES, p)
     _check_number(c, "STEPS", p, low=1, integer=True)
     _check_number(c, "TEST_STEPS", p, low=0, integer=True)
-    _check_number(c, "TOL", p, low=0)
+    # Relative residuals: a tolerance of 1 or more would stop after the first step / Neumann term.
+    _check_number(c, "TOL", p, low=0, high=1, high_open=True)
     _check_number(c, "NEUMANN_STEPS", p, low=0, integer=True)
-    _check_number(c, "NEUMANN_TOL", p, low=0)
+    _check_number(c, "NEUMANN_TOL", p, low=0, high=1, high_open=True)
     _check_number(c, "DIVERGENCE_PATIENCE", p, low=1, integer=True)
     _check_number(c, "MAX_CONSECUTIVE_DIVERGENCES", p, low=0, integer=True)
     _check_choice(c, "PENALTY", PENALTIES, p)
     _check_number(c, "LCP_LAMBDA", p, low=0, low_open=True)
+    if c.PENALTY == "lcp" and c.LCP_LAMBDA >= 1:
+        # The LCP is zero while every column sum of the Jacobian stays under lambda: with lambda >= 1
+        # it allows a non-contractive block, whose Neumann series (the C-RBP gradient) diverges.
+        _fail(p + "LCP_LAMBDA", c.LCP_LAMBDA, "must be < 1 with PENALTY 'lcp' (the penalty enforces contraction, "
+              "a Jacobian norm under lambda; at 1 or more the C-RBP gradient's Neumann series may diverge)")
     _check_choice(c, "PENALTY_REDUCTION", REDUCTIONS, p)
     _check_number(c, "PENALTY_WEIGHT", p, low=0)
     _check_number(c, "HUTCHINSON_SAMPLES", p, low=1, integer=True)
@@ -177,8 +262,16 @@ def validate_crbp_config(cfg):
     channels = cfg.MODEL.FPN.OUT_CHANNELS
     if cell.NORM == "GN" and channels % min(cell.NUM_GROUPS, channels):
         _fail(pc + "NUM_GROUPS", cell.NUM_GROUPS, f"must divide the {channels} channels (MODEL.FPN.OUT_CHANNELS)")
+    _check_choice(c.MASK_HEAD, "OUTPUT_NORM", DETECTRON2_NORMS, p + "MASK_HEAD.")
     levels = list(c.FPN.LEVELS)
     bad = [lv for lv in levels if lv not in FPN_LEVELS]
     if bad or not levels or len(set(levels)) != len(levels):
         _fail(p + "FPN.LEVELS", levels, f"must be a non-empty list of distinct levels from {FPN_LEVELS}")
+    guard, pg = cfg.SOLVER.GRADIENT_GUARD, "SOLVER.GRADIENT_GUARD."
+    _check_number(guard, "FACTOR", pg, low=0)
+    if 0 < guard.FACTOR <= 1:
+        _fail(pg + "FACTOR", guard.FACTOR, "must be 0 (off) or > 1: it multiplies the median gradient norm")
+    _check_number(guard, "WINDOW", pg, low=1, integer=True)
+    _check_number(guard, "MIN_HISTORY", pg, low=1, high=guard.WINDOW, integer=True)
+    _check_number(guard, "MAX_CONSECUTIVE_REFUSALS", pg, low=0, integer=True)
     return cfg

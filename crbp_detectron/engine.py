@@ -1,23 +1,25 @@
 """Training and evaluation on Detectron2's engine: the Trainer (evaluators by dataset type),
 config set-up for the command-line tools. (The test-time steps sweep: test_steps.py.)"""
-import itertools
+import json
 import logging
 import os
-import random
-import signal
-import time
+import weakref
 
 import detectron2.utils.comm as comm
-import numpy as np
 import torch
 import torch.distributed as dist
-from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup, launch
+from detectron2.data import DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.engine import DefaultTrainer, HookBase, default_setup, launch
+from detectron2.utils.events import JSONWriter
 from detectron2.evaluation import (COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators,
                                    SemSegEvaluator)
 
+from .checkpoint import Checkpointer
 from .config import load_config, resolve_config_file
+from .data.stream import build_resumable_train_loader
+from .preemption import Preempted, PreemptionHook, ignore_termination_in_worker  # noqa: F401  (Preempted: API)
+from .train_step import GradientGuard, GuardedTrainer
+from .training_state import TrainingStateHook
 
 logger = logging.getLogger("detectron2.crbp")  # under detectron2's logger: same handlers
 
@@ -48,124 +50,6 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
-class Preempted(KeyboardInterrupt):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint. A KeyboardInterrupt, so that
-    Detectron2's after-train hooks do not treat it as the end of training."""
-
-    def __init__(self, signum: int, iteration: int, checkpoint: str):
-        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
-        super().__init__(f"{signal.Signals(signum).name} at iteration {iteration}: checkpoint saved to "
-                         f"{checkpoint}; continue with --resume")
-
-
-class ResumableTrainingSampler(TrainingSampler):
-    """Detectron2's infinite TrainingSampler that can start `skip` indices into its stream, so a
-    resumed run sees the data an uninterrupted one would have seen."""
-
-    def __init__(self, size: int, shuffle: bool = True, seed: int = None, skip: int = 0):
-        super().__init__(size, shuffle=shuffle, seed=seed)
-        self.skip = skip
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-
-class FiniteLossTrainer(SimpleTrainer):
-    """SimpleTrainer whose step refuses a non-finite loss on ANY rank before the optimizer moves:
-    the weights (and the checkpoints written later) are never poisoned by a NaN/Inf step."""
-
-    def run_step(self):
-        assert self.model.training, "[FiniteLossTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        loss_dict = self.model(data)
-        losses = sum(loss_dict.values())
-        finite = torch.isfinite(losses.detach()).to(torch.float32)
-        if comm.get_world_size() > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not bool(finite):
-            bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v)}
-            raise FloatingPointError(
-                f"Loss became infinite or NaN at iteration {self.iter} (on some rank; here: {bad or 'none'}); "
-                "training stopped before the optimizer step, so the weights and the checkpoints are intact.")
-        self.optimizer.zero_grad()
-        losses.backward()
-        self._write_metrics(loss_dict, data_time)
-        self.optimizer.step()
-
-
-class TrainingStateHook(HookBase):
-    """Checkpoints what an exact resume needs beyond model/optimizer/scheduler: the RNG states
-    (RoI sampling, augmentation) and the data sampler's seed. Saved as tensors and numbers, which
-    torch.load(weights_only=True) accepts."""
-
-    def __init__(self, sampler_seed: int):
-        self.sampler_seed = sampler_seed
-
-    def state_dict(self):
-        _, keys, pos, has_gauss, cached = np.random.get_state()
-        version, py_state, gauss_next = random.getstate()
-        return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
-                "numpy_pos": int(pos), "numpy_has_gauss": int(has_gauss), "numpy_cached": float(cached),
-                "python_version": int(version), "python_state": list(py_state),
-                "python_gauss": gauss_next, "sampler_seed": int(self.sampler_seed)}
-
-    def load_state_dict(self, state):
-        torch.set_rng_state(state["torch"])
-        np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-                             state["numpy_has_gauss"], state["numpy_cached"]))
-        random.setstate((state["python_version"], tuple(state["python_state"]), state["python_gauss"]))
-        self.sampler_seed = state["sampler_seed"]
-
-
-class PreemptionHook(HookBase):
-    """On SIGTERM/SIGINT: finish the current iteration, save a checkpoint at it (all ranks agree
-    on the iteration), then stop with `Preempted`."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self._received = 0
-        self._previous = {}
-        self._owner_pid = None
-
-    def _handler(self, signum, frame):
-        if os.getpid() != self._owner_pid:
-            # A process forked while training runs (a multiprocessing pool, e.g. panopticapi's
-            # in the final evaluation) inherits this handler; there the signal must kill as
-            # usual, or pool.terminate() waits forever for a child that ignores SIGTERM.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self._received = signum
-
-    def before_train(self):
-        self._owner_pid = os.getpid()
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-
-    def after_train(self):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous = {}
-
-    def after_step(self):
-        received = torch.tensor(float(self._received))
-        if comm.get_world_size() > 1:
-            dist.all_reduce(received, op=dist.ReduceOp.MAX)
-        if received.item() == 0:
-            return
-        iteration = self.trainer.iter
-        name = f"model_{iteration:07d}"
-        self.trainer.checkpointer.save(name, iteration=iteration)
-        comm.synchronize()
-        raise Preempted(int(received.item()), iteration, os.path.join(self.trainer.cfg.OUTPUT_DIR, name + ".pth"))
-
-
 class ReplicaConsistencyHook(HookBase):
     """At the end of multi-process training, checks that every rank holds the same parameters
     (DDP's all-reduce keeps them equal; a rank that drifted means a broken gradient path)."""
@@ -182,49 +66,42 @@ class ReplicaConsistencyHook(HookBase):
             raise RuntimeError(f"Parameters differ across ranks after training: checksums {digests}")
 
 
-def _ignore_termination_then(worker_init_fn):
-    def init(worker_id):
-        for sig in PreemptionHook.SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        if worker_init_fn is not None:
-            worker_init_fn(worker_id)
-    return init
+class _Lines:
+    """A write buffer without fileno (JSONWriter then skips its fsync)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, text):
+        self.lines += [line for line in text.splitlines() if line]
+
+    def flush(self):
+        pass
 
 
-def _workers_leave_termination_to_main(loader):
-    """A preemption's SIGTERM reaches the whole process group. PyTorch's data workers die on it,
-    which crashes the main process before it can checkpoint; ours ignore it instead, and end when
-    the main process shuts the loader down."""
-    inner = loader if isinstance(loader, torch.utils.data.DataLoader) else getattr(loader, "dataset", None)
-    if isinstance(inner, torch.utils.data.DataLoader) and inner.num_workers > 0:
-        inner.worker_init_fn = _ignore_termination_then(inner.worker_init_fn)
+class IterationOrderedJSONWriter(JSONWriter):
+    """Detectron2's JSONWriter with its rows in iteration order: Detectron2 0.6 writes them in the
+    order the metrics were first put, so a run that stops in a forward (whose statistics are put at
+    the failing iteration) wrote that row before the previous iteration's."""
 
-
-class _TorchRNGNeutralStart:
-    """A data iterator whose first fetch leaves torch's global RNG as it found it. Starting a
-    DataLoader draws its base seed from that RNG: an uninterrupted run did so at iteration 0,
-    a resumed run would do it again at its first iteration and shift RoI sampling."""
-
-    def __init__(self, iterator):
-        self._iterator, self._first = iterator, True
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if not self._first:
-            return next(self._iterator)
-        self._first = False
-        state = torch.get_rng_state()
-        batch = next(self._iterator)
-        torch.set_rng_state(state)
-        return batch
+    def write(self):
+        target, self._file_handle = self._file_handle, _Lines()
+        try:
+            super().write()
+        finally:
+            buffered, self._file_handle = self._file_handle, target
+        for line in sorted(buffered.lines, key=lambda line: json.loads(line)["iteration"]):
+            target.write(line + "\n")
+        target.flush()
+        os.fsync(target.fileno())
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's DefaultTrainer with: the evaluators of `build_evaluator`; a step that never
-    applies a non-finite loss; a checkpoint on SIGTERM/SIGINT; and an exact resume (RNG states,
-    data stream position)."""
+    """Detectron2's DefaultTrainer with: the evaluators of `build_evaluator`; the guarded step
+    (SOLVER.AMP.ENABLED, no non-finite loss, no exploding gradient: `train_step`); atomic
+    checkpoints and a resume past damaged ones (`checkpoint`); a checkpoint on SIGTERM/SIGINT
+    (`preemption`); and an exact resume on every rank, with or without data workers (RNG states,
+    data stream: `training_state`, `data.stream`)."""
 
     def __init__(self, cfg):
         if cfg.SEED < 0:  # draw the data-order seed once, so a resume can replay it
@@ -233,32 +110,58 @@ class Trainer(DefaultTrainer):
             cfg.SEED = comm.shared_random_seed()
             cfg.freeze()
         super().__init__(cfg)
-        self._trainer.__class__ = FiniteLossTrainer  # same state, guarded step
+        simple = self._trainer  # Detectron2 built a SimpleTrainer or AMPTrainer: ours replaces both
+        self._trainer = GuardedTrainer(simple.model, simple.data_loader, simple.optimizer, amp=cfg.SOLVER.AMP.ENABLED,
+                                       gradient_guard=GradientGuard.from_config(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
-    def build_train_loader(cls, cfg, sampler_seed=None, skip=0):
+    def build_train_loader(cls, cfg, sampler_seed=None, stream=None):
+        """The resumable stream (`data.stream`); `stream` = {"start", "pending"} continues one."""
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-            logger.warning("DATALOADER.SAMPLER_TRAIN=%s: a resumed run restarts that sampler's stream "
-                           "(exact resume needs TrainingSampler)", cfg.DATALOADER.SAMPLER_TRAIN)
-            return super().build_train_loader(cfg)
+            raise ValueError(f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN!r}: this trainer's resumable "
+                             "data stream supports 'TrainingSampler' only")
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=0, proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
-        seed = cfg.SEED if sampler_seed is None else sampler_seed
-        loader = build_detection_train_loader(cfg, dataset=dataset,
-                                              sampler=ResumableTrainingSampler(len(dataset), seed=seed, skip=skip))
-        _workers_leave_termination_to_main(loader)
+        stream = stream or {}
+        return build_resumable_train_loader(
+            cfg, dataset, DatasetMapper(cfg, True), seed=cfg.SEED if sampler_seed is None else sampler_seed,
+            start=stream.get("start", 0), pending=stream.get("pending", ()),
+            worker_init_fn=ignore_termination_in_worker)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        loader = super().build_test_loader(cfg, dataset_name)
+        loader.generator = torch.Generator()  # evaluation leaves the global RNGs to training
         return loader
 
     def build_hooks(self):
-        self._state_hook = TrainingStateHook(self.cfg.SEED)
+        # Called by DefaultTrainer.__init__; the periodic checkpointer hook takes our checkpointer.
+        self.checkpointer = Checkpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self._state_hook = TrainingStateHook(self.cfg.SEED, self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        self._preemption_hook = PreemptionHook(before_checkpoint=self._state_hook.gather)
         # Preemption last: its checkpoint is taken after the LR scheduler has stepped, like the
         # periodic one, so a resumed run continues the same schedule.
-        return [self._state_hook] + super().build_hooks() + [PreemptionHook(), ReplicaConsistencyHook()]
+        return [self._state_hook] + super().build_hooks() + [self._preemption_hook, ReplicaConsistencyHook()]
+
+    def build_writers(self):
+        writers = super().build_writers()
+        for i, writer in enumerate(writers):
+            if type(writer) is JSONWriter:
+                writer.close()
+                writers[i] = IterationOrderedJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))
+        return writers
+
+    def after_train(self):
+        self._preemption_hook.restore_signals()  # before the final evaluation and its worker processes
+        # Shut the data workers down now: they ignore SIGTERM (see ignore_termination_in_worker), so
+        # multiprocessing's exit-time terminate-and-join would wait for them forever.
+        self._trainer._data_loader_iter.close()
+        super().after_train()
 
     # Detectron2 0.6's DefaultTrainer checkpoints only the iteration and the hooks: the optimizer
     # (momentum, and the LR in effect) was lost on resume. Later Detectron2 adds it like this.
@@ -276,11 +179,11 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             # Continue the data stream where the checkpointed run stopped.
-            per_rank = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-            loader = self.build_train_loader(self.cfg, sampler_seed=self._state_hook.sampler_seed,
-                                             skip=self.start_iter * per_rank)
+            stream = self._state_hook.resume_stream or {
+                "start": self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())}
+            loader = self.build_train_loader(self.cfg, sampler_seed=self._state_hook.sampler_seed, stream=stream)
             self._trainer.data_loader = loader
-            self._trainer._data_loader_iter = _TorchRNGNeutralStart(iter(loader))
+            self._trainer._data_loader_iter = iter(loader)
 
 
 def launch_from_args(main_func, args):

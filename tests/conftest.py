@@ -15,3 +15,16 @@ def coco_sample():
     if not os.path.isdir(COCO_SAMPLE):
         pytest.skip(f"COCO sample not found at {COCO_SAMPLE} (../shared/data beside the repository)")
     return COCO_SAMPLE
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    """A small demo dataset (tests/training_utils.DEMO), generated and registered for the module
+    (other modules register the demo names with other data)."""
+    from crbp_detectron.data.demo import register_demo_datasets
+
+    from .training_utils import DEMO
+
+    root = str(tmp_path_factory.mktemp("demo"))
+    register_demo_datasets(root, DEMO, progress=False)
+    return root

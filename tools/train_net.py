@@ -8,7 +8,10 @@
     torchrun --nproc_per_node 4 tools/train_net.py --config-file ... MODEL.DEVICE cpu   # CPU, gloo
 
 SIGTERM/SIGINT saves a checkpoint at the current iteration and exits (128 + signal number);
---resume continues from it with the same schedule and data stream.
+--resume continues from it with the same schedule and data stream (from the newest readable
+checkpoint, if the latest is damaged). Under torchrun, `python -m crbp_detectron.torchrun` exits
+143 on preemption too (torchrun itself exits 1). A bad config, dataset or weights file stops at
+start-up with "error: ..." naming it, and exit status 2.
 
 --config-file takes a path, a config packaged with crbp_detectron (e.g. panoptic_crbp.yaml,
 COCO-PanopticSegmentation/panoptic_crbp_R_50_1x.yaml) or a Detectron2 model-zoo name.
@@ -19,19 +22,31 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 
 import crbp_detectron  # noqa: F401  (registers the components)
+from crbp_detectron.checkpoint import Checkpointer, CheckpointError
+from crbp_detectron.config import ConfigError
+from crbp_detectron.data.coco_panoptic import DatasetError
 from crbp_detectron.engine import Preempted, Trainer, launch_from_args, setup
 from crbp_detectron.test_steps import sweep_test_steps
 
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
+
 
 def main(args):
+    try:
+        return run(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def run(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        Checkpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         if args.test_steps:
             return sweep_test_steps(cfg, model, args.test_steps, os.path.join(cfg.OUTPUT_DIR, "test_steps"))
         return Trainer.test(cfg, model)

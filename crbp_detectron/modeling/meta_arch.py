@@ -43,14 +43,14 @@ class RecurrenceLossMixin:
     def _recurrence_outputs(self) -> Dict:
         summaries = collect_recurrence(self)
         self.last_recurrence = summaries
-        self._check_divergence(summaries)
         if self.training:
             try:
                 storage = get_event_storage()
             except AssertionError:  # no EventStorage outside a trainer
                 storage = None
-            if storage is not None:
+            if storage is not None:  # before the divergence check: the count that stops a run is logged
                 storage.put_scalars(**summary_scalars(summaries), smoothing_hint=False)
+        self._check_divergence(summaries)
         return penalty_losses(summaries)
 
     def _check_divergence(self, summaries):

@@ -1,0 +1,85 @@
+"""Bad configuration values and command-line inputs fail at start-up with an error that names the
+key or file, the value and what is allowed (see also tests/data/test_dataset_corruptions.py and
+tests/test_predict.py)."""
+import importlib.util
+import os
+
+import pytest
+
+from crbp_detectron.config import ConfigError, load_config
+
+from .training_utils import REPO
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.CRBP.MASK_HEAD.OUTPUT_NORM", "XYZ"],
+     r"MODEL.CRBP.MASK_HEAD.OUTPUT_NORM = 'XYZ': must be one of \('', 'BN', 'SyncBN', 'FrozenBN', 'GN'"),
+    (["MODEL.CRBP.LCP_LAMBDA", 1.5], r"MODEL.CRBP.LCP_LAMBDA = 1.5: must be < 1 with PENALTY 'lcp'"),
+    (["MODEL.CRBP.LCP_LAMBDA", 1.0], r"MODEL.CRBP.LCP_LAMBDA = 1.0: must be < 1 with PENALTY 'lcp'"),
+    (["MODEL.CRBP.PENALTY_WEIGHT", float("inf")], r"MODEL.CRBP.PENALTY_WEIGHT = inf: must be a finite number"),
+    (["MODEL.CRBP.TOL", 5.0], r"MODEL.CRBP.TOL = 5.0: must be < 1"),
+    (["MODEL.CRBP.NEUMANN_TOL", 1.0], r"MODEL.CRBP.NEUMANN_TOL = 1.0: must be < 1"),
+    (["MODEL.CRBP.STEPZ", 10], r"command line: unknown config key 'MODEL.CRBP.STEPZ'; did you mean MODEL.CRBP.STEPS"),
+    (["MODEL.CRBP.CELL.NUM_GROUP", 8], r"unknown config key 'MODEL.CRBP.CELL.NUM_GROUP'; did you mean MODEL.CRBP.CELL.NUM_GROUPS"),
+    (["MODEL.CRBP.LCP_LAMDA", 0.9], r"did you mean MODEL.CRBP.LCP_LAMBDA"),
+    (["SOLVER.MAX_ITER", "many"], r"command line: Type mismatch .* for config key: SOLVER.MAX_ITER"),
+    (["MODEL.CRBP.STEPS"], r"KEY VALUE pairs; got an odd number"),
+    (["SOLVER.GRADIENT_GUARD.FACTOR", 0.5], r"SOLVER.GRADIENT_GUARD.FACTOR = 0.5: must be 0 \(off\) or > 1"),
+    (["SOLVER.GRADIENT_GUARD.MIN_HISTORY", 80], r"SOLVER.GRADIENT_GUARD.MIN_HISTORY = 80: must be <= 50"),
+])
+def test_bad_config_value_is_named(opts, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo/panoptic_crbp_demo.yaml", opts)
+
+
+def test_lcp_lambda_above_one_is_fine_without_the_lcp():
+    cfg = load_config("panoptic_crbp.yaml", ["MODEL.CRBP.PENALTY", "jacobian_frobenius", "MODEL.CRBP.LCP_LAMBDA", 1.5])
+    assert cfg.MODEL.CRBP.LCP_LAMBDA == 1.5
+
+
+def test_misspelt_key_in_a_config_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text('_BASE_: "model_zoo:COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml"\n'
+                    "MODEL:\n  CRBP:\n    PENALTY_WIEGHT: 0.01\n")
+    with pytest.raises(ConfigError, match=f"{path}: unknown config key 'MODEL.CRBP.PENALTY_WIEGHT'; did you mean "
+                                          "MODEL.CRBP.PENALTY_WEIGHT"):
+        load_config(str(path))
+
+
+def test_pathfinder_config_names_its_tool():
+    with pytest.raises(ConfigError, match=r"pathfinder/crbp.yaml is not a Detectron2 config .*Pathfinder config: "
+                                          r"train it with `python tools/train_pathfinder.py --config-file pathfinder/crbp.yaml`"):
+        load_config("pathfinder/crbp.yaml")
+
+
+@pytest.fixture(scope="module")
+def train_net():
+    spec = importlib.util.spec_from_file_location("train_net_tool", os.path.join(REPO, "tools", "train_net.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as info:
+            tool.main(tool.parser().parse_args(list(argv)))
+        return info.value.code
+    return run
+
+
+NO_DATA = ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+
+
+def test_train_net_refuses_a_pathfinder_config(train_net, capsys):
+    assert train_net("--config-file", "pathfinder/crbp.yaml") == 2
+    assert "tools/train_pathfinder.py" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [(os.urandom(3000), "not a PyTorch checkpoint"),
+                                              (None, "weights file not found")])
+def test_train_net_names_a_bad_weights_file(train_net, tmp_path, capsys, content, message):
+    weights = tmp_path / "weights.pth"
+    if content is not None:
+        weights.write_bytes(content)
+    assert train_net("--config-file", "demo/panoptic_crbp_demo.yaml", "--eval-only",
+                     *NO_DATA, "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.WEIGHTS", str(weights)) == 2
+    err = capsys.readouterr().err
+    assert f"error: {weights}: " in err and message in err and "weights_only" not in err
