@@ -77,11 +77,11 @@ def add_crbp_config(cfg):
     # accepted steps (judged once MIN_HISTORY have been accepted), is refused (skipped, weights
     # unchanged); MAX_CONSECUTIVE_REFUSALS refusals in a row stop training. FACTOR 0 = refuse
     # non-finite norms only; MAX_CONSECUTIVE_REFUSALS 0 = never stop.
+    from .train_step import GUARD_DEFAULTS
+
     _C.SOLVER.GRADIENT_GUARD = CN()
-    _C.SOLVER.GRADIENT_GUARD.FACTOR = 50.0
-    _C.SOLVER.GRADIENT_GUARD.WINDOW = 50
-    _C.SOLVER.GRADIENT_GUARD.MIN_HISTORY = 10
-    _C.SOLVER.GRADIENT_GUARD.MAX_CONSECUTIVE_REFUSALS = 3
+    for key, value in GUARD_DEFAULTS.items():
+        setattr(_C.SOLVER.GRADIENT_GUARD, key.upper(), value)
     return cfg
 
 

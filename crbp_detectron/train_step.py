@@ -21,6 +21,9 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
 logger = logging.getLogger("detectron2.crbp")
+# Defaults of SOLVER.GRADIENT_GUARD (config.py) and of GradientGuard; FACTOR 50: exploding demo
+# steps reached 100-1000x the median norm before the weights blew up, healthy ones stayed under 15x.
+GUARD_DEFAULTS = dict(factor=50.0, window=50, min_history=10, max_consecutive_refusals=3)
 
 
 def gradient_norms(model: torch.nn.Module) -> Dict[str, float]:
@@ -45,8 +48,9 @@ class GradientGuard:
     norms (0: only non-finite norms are refused); the ratio is judged once `min_history` norms have
     been accepted. max_consecutive_refusals: raise after this many refused steps in a row (0: never)."""
 
-    def __init__(self, factor: float = 50.0, window: int = 50, min_history: int = 10,
-                 max_consecutive_refusals: int = 3):
+    def __init__(self, factor: float = GUARD_DEFAULTS["factor"], window: int = GUARD_DEFAULTS["window"],
+                 min_history: int = GUARD_DEFAULTS["min_history"],
+                 max_consecutive_refusals: int = GUARD_DEFAULTS["max_consecutive_refusals"]):
         self.factor, self.min_history = factor, min_history
         self.max_consecutive_refusals = max_consecutive_refusals
         self.history = deque(maxlen=window)

@@ -8,8 +8,9 @@
 
 --config-file takes a path, a .py config packaged with crbp_detectron or a Detectron2 model-zoo
 name; the demo data (crbp_demo_{train,val}_separated) is generated and registered when named. The
-same components as tools/train_net.py (YAML configs), built by `instantiate`; the step
-refuses a non-finite loss before the optimizer moves, as there.
+same components as tools/train_net.py (YAML configs), built by `instantiate`; the same guarded step
+(train.amp.enabled, no non-finite loss or exploding gradient reaches the weights) and atomic
+checkpoints as there.
 """
 import os
 
@@ -17,17 +18,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, default_argument_parser, default_setup, default_writers, hooks
+from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 import crbp_detectron  # noqa: F401  (registers the components)
+from crbp_detectron.checkpoint import Checkpointer
 from crbp_detectron.config import resolve_config_file
 from crbp_detectron.data.demo import DEMO_DATASETS, register_demo_datasets
-from crbp_detectron.engine import FiniteLossTrainer, launch_from_args
+from crbp_detectron.engine import launch_from_args
+from crbp_detectron.train_step import GradientGuard, GuardedTrainer
 
 logger = logging.getLogger("detectron2.crbp")
 
@@ -47,8 +49,8 @@ def train(cfg, resume: bool):
     optimizer = instantiate(cfg.optimizer)
     model = create_ddp_model(model, **cfg.train.ddp)
     data = instantiate(cfg.dataloader.train)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else FiniteLossTrainer)(model, data, optimizer)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer = GuardedTrainer(model, data, optimizer, amp=cfg.train.amp.enabled, gradient_guard=GradientGuard())
+    checkpointer = Checkpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
     trainer.register_hooks([
         hooks.IterationTimer(),
@@ -73,7 +75,7 @@ def main(args):
     if not args.eval_only:
         return train(cfg, args.resume)
     model = instantiate(cfg.model).to(cfg.train.device)
-    DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    Checkpointer(model).load(cfg.train.init_checkpoint)
     return evaluate(cfg, create_ddp_model(model))
 
 
