@@ -7,38 +7,21 @@ Stuff PNG convention (Panoptic FPN / Detectron2): every "thing" pixel -> 0, stuf
 its contiguous id 1..#stuff, void -> 255.
 """
 import json
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from panopticapi.utils import rgb2id
 from PIL import Image
+
+from .panoptic_files import (DatasetError, check_panoptic_annotation, index_panoptic_json,  # noqa: F401
+                             load_json, read_image, read_panoptic_png)
+
+logger = logging.getLogger("detectron2.crbp")
 
 IGNORE_LABEL = 255
 THINGS_STUFF_ID = 0  # the stuff class every thing pixel gets in the separated format
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing, malformed or inconsistent; the message names the file."""
-
-
-# ---------------------------------------------------------------------------------- reading
-def load_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: file not found")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-
-
-def read_panoptic_png(path: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: panoptic PNG not found")
-    with Image.open(path) as im:
-        return rgb2id(np.asarray(im.convert("RGB")))
 
 
 # ---------------------------------------------------------------------------------- metadata
@@ -69,40 +52,6 @@ def semantic_from_panoptic(ids: np.ndarray, segments_info: Sequence[dict], categ
     return out
 
 
-# ---------------------------------------------------------------------------------- validation
-def check_panoptic_annotation(ann: dict, ids: np.ndarray, image_info: dict, categories_by_id: Dict[int, dict],
-                              png_path: str):
-    """Segment ids in the PNG and in the JSON agree, categories exist, size matches."""
-    expected = (image_info.get("height"), image_info.get("width"))
-    if None not in expected and ids.shape != expected:
-        raise DatasetError(f"{png_path}: size {ids.shape[1]}x{ids.shape[0]} does not match the declared "
-                           f"{expected[1]}x{expected[0]} of image {image_info.get('file_name')}")
-    declared = {s["id"] for s in ann["segments_info"]}
-    present = set(np.unique(ids).tolist()) - {0}
-    if declared - present:
-        raise DatasetError(f"{png_path}: segment ids {sorted(declared - present)[:10]} are listed in the "
-                           "panoptic JSON but absent from the PNG")
-    if present - declared:
-        raise DatasetError(f"{png_path}: segment ids {sorted(present - declared)[:10]} appear in the PNG but "
-                           "are not listed in the panoptic JSON's segments_info")
-    unknown = {s["category_id"] for s in ann["segments_info"]} - set(categories_by_id)
-    if unknown:
-        raise DatasetError(f"{png_path}: unknown category ids {sorted(unknown)} (not in the JSON's categories)")
-
-
-def _annotation_index(panoptic: dict, json_path: str):
-    for key in ("images", "annotations", "categories"):
-        if key not in panoptic:
-            raise DatasetError(f"{json_path}: missing the '{key}' list of a COCO panoptic JSON")
-    images = {im["id"]: im for im in panoptic["images"]}
-    categories = {c["id"]: c for c in panoptic["categories"]}
-    for ann in panoptic["annotations"]:
-        if ann["image_id"] not in images:
-            raise DatasetError(f"{json_path}: annotation {ann.get('file_name')} refers to image id "
-                               f"{ann['image_id']}, which is not in 'images'")
-    return images, categories
-
-
 # ---------------------------------------------------------------------------------- conversion
 def _write_one_stuff_png(job):
     ann, image_info, categories, stuff_map, panoptic_root, out_dir = job
@@ -110,9 +59,10 @@ def _write_one_stuff_png(job):
     if os.path.isfile(out_path):  # resumable: keep a finished file that decodes at the right size
         try:
             with Image.open(out_path) as im:
+                im.load()  # a truncated file (a copy cut short) is rewritten
                 if im.size == (image_info["width"], image_info["height"]):
                     return out_path, False
-        except OSError:
+        except (OSError, SyntaxError, ValueError):
             pass
     png_path = os.path.join(panoptic_root, ann["file_name"])
     ids = read_panoptic_png(png_path)
@@ -129,7 +79,7 @@ def write_stuff_pngs(panoptic_json: str, panoptic_root: str, out_dir: str, worke
     """Writes one stuff PNG per panoptic annotation into `out_dir` (skips finished ones).
     Returns {"written": n, "skipped": m}."""
     panoptic = load_json(panoptic_json)
-    images, categories = _annotation_index(panoptic, panoptic_json)
+    images, categories = index_panoptic_json(panoptic, panoptic_json)
     if not os.path.isdir(panoptic_root):
         raise DatasetError(f"{panoptic_root}: panoptic PNG folder not found")
     stuff_map = panoptic_separated_metadata(panoptic["categories"])["stuff_dataset_id_to_contiguous_id"]
@@ -158,7 +108,7 @@ def panoptic_to_instances(panoptic_json: str, panoptic_root: str, out_json: Opti
     from pycocotools import mask as mask_util
 
     panoptic = load_json(panoptic_json)
-    images, categories = _annotation_index(panoptic, panoptic_json)
+    images, categories = index_panoptic_json(panoptic, panoptic_json)
     annotations = []
     for ann in panoptic["annotations"]:
         png_path = os.path.join(panoptic_root, ann["file_name"])
@@ -185,35 +135,62 @@ def panoptic_to_instances(panoptic_json: str, panoptic_root: str, out_json: Opti
 
 
 # ---------------------------------------------------------------------------------- registration
+def _check_image_files(job) -> int:
+    """Every file of one annotated image decodes and agrees with the JSON; returns its segment count."""
+    ann, info, categories, stuff_map, image_root, panoptic_root, sem_seg_root, panoptic_json = job
+    image_path = os.path.join(image_root, info["file_name"])
+    image = read_image(image_path, f"image listed in {panoptic_json}")
+    if image.shape[:2] != (info["height"], info["width"]):
+        raise DatasetError(f"{image_path}: size {image.shape[1]}x{image.shape[0]} does not match the "
+                           f"declared {info['width']}x{info['height']} in {panoptic_json}")
+    png_path = os.path.join(panoptic_root, ann["file_name"])
+    ids = read_panoptic_png(png_path)
+    check_panoptic_annotation(ann, ids, info, categories, png_path)
+    stuff_path = os.path.join(sem_seg_root, ann["file_name"])
+    stuff = read_image(stuff_path, "stuff PNG (written by datasets/prepare_coco_panoptic.py)")
+    expected = semantic_from_panoptic(ids, ann["segments_info"], categories, stuff_map)
+    if stuff.shape != expected.shape or not np.array_equal(stuff, expected):
+        wrong = (f"size {stuff.shape[1]}x{stuff.shape[0]}, expected {expected.shape[1]}x{expected.shape[0]}"
+                 if stuff.shape[:2] != expected.shape else
+                 f"{int((stuff != expected).sum())} pixels differ from the panoptic PNG {png_path} (labels "
+                 f"{sorted(set(np.unique(stuff).tolist()))[:12]}, allowed 0..{len(stuff_map) - 1} and 255)")
+        raise DatasetError(f"{stuff_path}: stuff PNG does not match its panoptic annotation ({wrong}); "
+                           "rewrite it with datasets/prepare_coco_panoptic.py after deleting it")
+    return len(ann["segments_info"])
+
+
 def validate_panoptic_dataset(image_root: str, panoptic_root: str, panoptic_json: str, sem_seg_root: str,
-                              instances_json: str, check_pngs: bool = True) -> dict:
-    """Checks that every file a separated panoptic dataset needs exists and agrees; returns the
-    panoptic JSON. Errors name the file and the problem."""
+                              instances_json: str, workers: int = 0) -> dict:
+    """Checks every file a separated panoptic dataset needs: the JSONs' structure, and for every
+    annotated image that its picture, panoptic PNG and stuff PNG exist, decode fully (no truncated
+    file) and agree with the JSON and with each other. Returns the panoptic JSON. Errors name the
+    file and the problem."""
     for path, what in ((image_root, "image folder"), (panoptic_root, "panoptic PNG folder"),
                        (sem_seg_root, "stuff PNG folder (run datasets/prepare_coco_panoptic.py)")):
         if not os.path.isdir(path):
             raise DatasetError(f"{path}: {what} not found")
     panoptic = load_json(panoptic_json)
-    images, categories = _annotation_index(panoptic, panoptic_json)
+    images, categories = index_panoptic_json(panoptic, panoptic_json)
     instances = load_json(instances_json)
-    unknown = {a["category_id"] for a in instances.get("annotations", [])} - set(categories)
+    unknown = {a.get("category_id") for a in instances.get("annotations", [])} - set(categories)
     if unknown:
-        raise DatasetError(f"{instances_json}: unknown category ids {sorted(unknown)} (not among the panoptic categories)")
-    for ann in panoptic["annotations"]:
-        info = images[ann["image_id"]]
-        image_path = os.path.join(image_root, info["file_name"])
-        if not os.path.isfile(image_path):
-            raise DatasetError(f"{image_path}: image listed in {panoptic_json} not found")
-        stuff_path = os.path.join(sem_seg_root, ann["file_name"])
-        if not os.path.isfile(stuff_path):
-            raise DatasetError(f"{stuff_path}: stuff PNG not found (run datasets/prepare_coco_panoptic.py)")
-        if check_pngs:
-            png_path = os.path.join(panoptic_root, ann["file_name"])
-            check_panoptic_annotation(ann, read_panoptic_png(png_path), info, categories, png_path)
-            with Image.open(image_path) as im:
-                if im.size != (info["width"], info["height"]):
-                    raise DatasetError(f"{image_path}: size {im.size[0]}x{im.size[1]} does not match the "
-                                       f"declared {info['width']}x{info['height']} in {panoptic_json}")
+        raise DatasetError(f"{instances_json}: unknown category ids {sorted(unknown, key=str)} (not among the "
+                           f"panoptic categories {sorted(categories)})")
+    stuff_map = panoptic_separated_metadata(panoptic["categories"])["stuff_dataset_id_to_contiguous_id"]
+    jobs = [(ann, images[ann["image_id"]], categories, stuff_map, image_root, panoptic_root, sem_seg_root,
+             panoptic_json) for ann in panoptic["annotations"]]
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(jobs) < 256:
+        segments = sum(map(_check_image_files, jobs))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            segments = sum(pool.map(_check_image_files, jobs, chunksize=32))
+    if segments == 0:
+        raise DatasetError(f"{panoptic_json}: no annotation has any segment; there is nothing to train or evaluate")
+    unannotated = len(images) - len(jobs)
+    if unannotated:
+        logger.warning("%s: %d of its %d images have no panoptic annotation; they are not used", panoptic_json,
+                       unannotated, len(images))
     return panoptic
 
 
@@ -228,6 +205,7 @@ def register_panoptic_separated(name: str, image_root: str, panoptic_root: str, 
 
     panoptic = (validate_panoptic_dataset(image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json)
                 if validate else load_json(panoptic_json))
+    index_panoptic_json(panoptic, panoptic_json)  # cheap: the structure is checked even without `validate`
     metadata = panoptic_separated_metadata(panoptic["categories"])
     metadata.update(extra_metadata or {})
     names = [name + "_separated", name + "_stuffonly"]

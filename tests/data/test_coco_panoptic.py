@@ -160,6 +160,6 @@ def test_image_size_mismatch_is_named(prepared, tmp_path):
             if im["file_name"] == "000000142238.jpg":
                 im["width"], im["height"] = 320, 427
     bad = _modified_json(prepared, tmp_path, wrong_size)
-    with pytest.raises(DatasetError, match=r"000000142238.png: size 640x427 does not match the declared 320x427"):
+    with pytest.raises(DatasetError, match=r"000000142238.jpg: size 640x427 does not match the declared 320x427"):
         register_panoptic_separated("bad4", prepared["image_root"], prepared["panoptic_root"], bad,
                                     prepared["sem_seg_root"], prepared["instances_json"])
