@@ -39,31 +39,71 @@ def read_image_rgb(path: str) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def list_images(inputs: List[str]) -> List[str]:
-    """Files and folders (their image files, sorted) -> image paths."""
-    paths = []
+def list_images(inputs: List[str], repeated: Optional[List[str]] = None) -> List[str]:
+    """Files and folders (their image files, sorted; sub-folders are not entered, whatever their
+    name) -> image paths, each file once: a file given again (or through a link) is appended to
+    `repeated` instead."""
+    paths, seen = [], set()
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = sorted(os.path.join(item, f) for f in os.listdir(item)
+                           if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f)))
             if not found:
-                raise InputImageError(f"{item}: folder contains no image ({', '.join(IMAGE_EXTENSIONS)})")
-            paths += found
+                raise InputImageError(f"{item}: folder contains no image file ({', '.join(IMAGE_EXTENSIONS)})")
         else:
-            paths.append(item)
+            found = [item]
+        for path in found:
+            key = os.path.realpath(path)
+            if key not in seen:
+                seen.add(key)
+                paths.append(path)
+            elif repeated is not None:
+                repeated.append(path)
     return paths
+
+
+def output_names(paths: List[str]) -> List[str]:
+    """A distinct output name for every input path: its file stem where that is unique; where stems
+    collide (a.jpg and a.png, or dir1/a.jpg and dir2/a.jpg), the file name, then parent folders
+    joined by "__", then a counter."""
+    parts = [os.path.normpath(os.path.abspath(p)).split(os.sep)[1:] for p in paths]
+
+    def name(i, level):
+        if level == 0:
+            return os.path.splitext(parts[i][-1])[0]
+        return "__".join(parts[i][-level:])
+
+    levels = [0] * len(paths)
+    while True:
+        names = [name(i, level) for i, level in enumerate(levels)]
+        groups = {}
+        for i, n in enumerate(names):
+            groups.setdefault(n, []).append(i)
+        clashes = [g for g in groups.values() if len(g) > 1]
+        if not clashes:
+            return names
+        grew = False
+        for group in clashes:
+            for i in group:
+                if levels[i] < len(parts[i]):
+                    levels[i] += 1
+                    grew = True
+        if not grew:  # cannot happen for distinct paths; kept as a guarantee
+            return [f"{n}_{i}" for i, n in enumerate(names)]
 
 
 class Predictor:
     """A model from a config and weights, run on RGB arrays of any size."""
 
     def __init__(self, cfg):
-        from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.data import MetadataCatalog
         from detectron2.modeling import build_model
 
+        from .checkpoint import Checkpointer
+
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
-        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        Checkpointer(self.model).load(cfg.MODEL.WEIGHTS)
         if not len(cfg.DATASETS.TEST):
             raise ValueError("DATASETS.TEST is empty: the predictor takes class names from its first dataset")
         self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
@@ -147,8 +187,7 @@ def predict_files(predictor: Predictor, paths: List[str], out_dir: str, on_error
 
     os.makedirs(out_dir, exist_ok=True)
     annotations, errors = [], []
-    for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
-        stem = os.path.splitext(os.path.basename(path))[0]
+    for path, stem in tqdm(list(zip(paths, output_names(paths))), desc="predict", unit="img", disable=not progress):
         try:
             rgb = read_image_rgb(path)
             outputs = predictor(rgb, name=path)
@@ -157,7 +196,9 @@ def predict_files(predictor: Predictor, paths: List[str], out_dir: str, on_error
                 raise
             errors.append(str(e))
             continue
-        annotations.append(save_prediction(outputs, rgb, predictor.metadata, out_dir, stem))
+        record = save_prediction(outputs, rgb, predictor.metadata, out_dir, stem)
+        record["input"] = path
+        annotations.append(record)
     meta = predictor.metadata
     categories = [{"id": k, "name": meta.thing_classes[v], "isthing": 1}
                   for k, v in meta.get("thing_dataset_id_to_contiguous_id", {}).items()]

@@ -75,3 +75,28 @@ def test_clear_errors(predict, tmp_path, capsys):
     assert "bad.jpg: not a readable image" in capsys.readouterr().err
     assert predict([str(tmp_path / "missing.png")], tmp_path / "out3") == 2
     assert "missing.png: file not found" in capsys.readouterr().err
+
+
+def test_output_names_never_collide(predict, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    (inputs / "x.png").mkdir(parents=True)  # a sub-folder with an image's name: not an input
+    (tmp_path / "other").mkdir()
+    rng = np.random.default_rng(1)
+    sizes = {"a.jpg": (40, 30), "a.png": (50, 20), "b.png": (30, 30)}
+    for name, (w, h) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(inputs / name)
+    Image.fromarray(rng.integers(0, 255, (24, 36, 3), dtype=np.uint8)).save(tmp_path / "other" / "b.png")
+    assert predict([str(inputs), str(inputs / "a.png"), str(tmp_path / "other" / "b.png")], tmp_path / "out") == 0
+    assert f"note: {inputs / 'a.png'} is an input already given; it is predicted once" in capsys.readouterr().err
+    result = _check_outputs(tmp_path / "out", {"a.jpg": (40, 30), "a.png": (50, 20), "in__b.png": (30, 30),
+                                               "other__b.png": (36, 24)})
+    by_input = {a["input"]: a["file_name"] for a in result["annotations"]}
+    assert len(result["annotations"]) == 4 and len(set(by_input.values())) == 4
+    assert by_input[str(tmp_path / "other" / "b.png")] == "other__b.png.png"
+
+
+def test_output_names_are_stems_when_unique():
+    from crbp_detectron.inference import output_names
+
+    assert output_names(["d/a.jpg", "d/b.png", "e/c.tif"]) == ["a", "b", "c"]
+    assert output_names(["d/a.jpg", "d/a.png", "d/a.jpg.png"]) == ["d__a.jpg", "a.png", "a.jpg.png"]

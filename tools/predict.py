@@ -5,7 +5,9 @@ and a COCO-format panoptic PNG (panoptic/<name>.png), plus predictions.json for 
     python tools/predict.py --config-file demo/panoptic_crbp_demo.yaml \
         --input photo.jpg folder/ --output out/ MODEL.WEIGHTS output/demo/model_final.pth
 
-Any size; grayscale, palette, 16-bit and RGBA images are converted to RGB.
+Any size; grayscale, palette, 16-bit and RGBA images are converted to RGB. Output names are the
+input's file stem, made distinct where stems collide (a.jpg and a.png give a.jpg_vis.png and
+a.png_vis.png); predictions.json maps each output to its "input".
 """
 import os
 
@@ -33,8 +35,11 @@ def main(argv=None):
         cfg = load_config(args.config_file, args.opts)
         check_device(cfg)
         register_datasets(cfg)
-        result = predict_files(Predictor(cfg), list_images(args.input), args.output,
-                               on_error="skip" if args.skip_bad_inputs else "raise")
+        repeated = []
+        paths = list_images(args.input, repeated)
+        for path in repeated:
+            print(f"note: {path} is an input already given; it is predicted once", file=sys.stderr)
+        result = predict_files(Predictor(cfg), paths, args.output, on_error="skip" if args.skip_bad_inputs else "raise")
     except (InputImageError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
