@@ -22,10 +22,12 @@ class ExactGradient:
 
 
 def exact_implicit_gradient(cell: torch.nn.Module, x: torch.Tensor, readout: torch.Tensor,
-                            max_iter: int = 3000, tol: float = 1e-12) -> ExactGradient:
+                            max_iter: int = 3000, tol: float = 1e-12, spectral_radius: bool = True) -> ExactGradient:
     """The implicit gradient of L = sum(readout * h*) at h* = cell(x, h*), computed densely:
     fixed-point iteration (then chord-Newton steps with the dense Jacobian if it is slow),
-    J by torch.autograd.functional.jacobian, z = (I - J^T)^-1 dL/dh*, grads = z^T d cell / d(params, x). Use float64."""
+    J by torch.autograd.functional.jacobian, z = (I - J^T)^-1 dL/dh*, grads = z^T d cell / d(params, x). Use float64.
+    spectral_radius=False: rho(J) by the power estimate instead of the dense eigenvalues (those
+    take minutes for n of several thousand on one core)."""
     t0 = time.perf_counter()
     x = x.detach()
     h = torch.zeros_like(x)
@@ -57,9 +59,22 @@ def exact_implicit_gradient(cell: torch.nn.Module, x: torch.Tensor, readout: tor
         out = cell(x_leaf, h)
         grads = torch.autograd.grad(out, params + [x_leaf], z.view_as(out), allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, params + [x_leaf])]
-    rho = float(torch.linalg.eigvals(jac).abs().max())
+    rho = float(torch.linalg.eigvals(jac).abs().max()) if spectral_radius else power_spectral_radius(jac)
     return ExactGradient(grads=grads, h_star=h, residual=residual, spectral_radius=rho,
                          max_column_sum=float(jac.sum(0).max()), n=n, seconds=time.perf_counter() - t0)
+
+
+def power_spectral_radius(jac: torch.Tensor, iters: int = 2000) -> float:
+    """rho(J) ~ exp(mean log ||J v_k|| over the last half of `iters` normalised power steps)
+    (Gelfand's formula; the mean averages over the rotation of a complex dominant pair)."""
+    v = torch.randn(jac.shape[0], dtype=jac.dtype, generator=torch.Generator().manual_seed(0))
+    logs = []
+    for _ in range(iters):
+        v = jac @ v
+        norm = v.norm()
+        logs.append(float(norm.log()))
+        v = v / norm
+    return float(torch.tensor(logs[iters // 2:]).mean().exp())
 
 
 def method_gradient(method, cell: torch.nn.Module, x: torch.Tensor, readout: torch.Tensor):

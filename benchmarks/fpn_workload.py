@@ -19,7 +19,8 @@ def build_panoptic_crbp_fpn(device: str, method: str, steps: int, neumann_steps:
     from crbp_detectron.config import load_config
 
     cfg = load_config(FPN_CONFIG, ["MODEL.DEVICE", device, "MODEL.WEIGHTS", "",
-                                   "MODEL.CRBP.NEUMANN_STEPS", neumann_steps, "MODEL.CRBP.NEUMANN_TOL", 0.0])
+                                   "MODEL.CRBP.BACKWARD.SOLVER", "neumann",
+                                   "MODEL.CRBP.BACKWARD.MAX_VJPS", neumann_steps + 1, "MODEL.CRBP.BACKWARD.TOL", 0.0])
     model = build_model(cfg)
     set_blocks(model, method, steps)
     model.train()

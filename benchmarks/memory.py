@@ -73,8 +73,11 @@ def _child_measure(request: Dict[str, object]) -> Dict[str, object]:
     did_reset = reset_peak_rss()
     case.step()
     peak = _status_kib("VmHWM")
-    return {"peak_rss_increase_bytes": (peak - rss_before) * 1024, "rss_before_bytes": rss_before * 1024,
-            "hwm_reset": did_reset}
+    result = {"peak_rss_increase_bytes": (peak - rss_before) * 1024, "rss_before_bytes": rss_before * 1024,
+              "hwm_reset": did_reset}
+    if case.report is not None:  # whatever else the case measured (JSON-able)
+        result.update(case.report())
+    return result
 
 
 def peak_rss_in_subprocess(factory: str, case: Dict[str, object], timeout: float = 900.0,

@@ -2,7 +2,7 @@
 (`Recurrence` in bptt | crbp | rbp | cbptt) and torchdeq's implicit backward (optional `bench`
 extra), each as a callable x -> (h, penalty); and `Case`, one configuration's training step."""
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -16,8 +16,9 @@ PENALIZED = ("crbp", "cbptt")  # trained with the LCP; bptt and rbp run without 
 class MethodSettings:
     """What every method shares, so that they compute the same quantity.
 
-    neumann_steps K: our Neumann series adds K VJP terms to g (K + 1 terms, g included), with no
-    early stop (neumann_tol = 0). torchdeq's backward runs fixed-point iteration y <- y J + g from
+    neumann_steps K: our Neumann solver computes K + 1 VJPs and returns the sum of K + 1 terms
+    (g included; the last VJP gives that sum's residual), with no early stop (backward_tol = 0).
+    torchdeq's backward runs fixed-point iteration y <- y J + g from
     y = 0 for K + 1 iterations (b_max_iter = K + 1, b_tol = 0): after K + 1 iterations
     y = sum_{k=0..K} g J^k, the same sum (its first VJP multiplies zeros).
     """
@@ -51,11 +52,13 @@ def method_description(settings: MethodSettings) -> List[str]:
     return [
         "`bptt`: `Recurrence(mode='bptt', penalty='none')`: N steps recorded, back-propagation through time.",
         "`cbptt`: `Recurrence(mode='cbptt', penalty='lcp')`: BPTT plus the differentiable LCP on the last step.",
-        f"`crbp`: `Recurrence(mode='crbp', penalty='lcp', lcp_lambda={settings.lcp_lambda}, neumann_steps={k}, "
-        "neumann_tol=0)`: N-1 graph-free steps, one recorded step, the RBP gradient (K VJPs) and the "
+        f"`crbp`: `Recurrence(mode='crbp', penalty='lcp', lcp_lambda={settings.lcp_lambda}, "
+        f"backward_solver='neumann', backward_max_vjps={k + 1}, backward_tol=0)`: N-1 graph-free steps, one step at h* "
+        "(recomputed in the backward: the default implicit_step), the RBP gradient (K VJPs) and the "
         "differentiable LCP (one more VJP with create_graph, and its double backward). Time and memory "
         "include the LCP; its gradient-agreement row is the task gradient (penalty left out), which is rbp's.",
-        f"`rbp`: `Recurrence(mode='rbp', penalty='none', neumann_steps={k}, neumann_tol=0)`: the same "
+        f"`rbp`: `Recurrence(mode='rbp', penalty='none', backward_solver='neumann', backward_max_vjps={k + 1}, "
+        "backward_tol=0)`: the same "
         "gradient without any penalty: the quantity torchdeq's IFT computes.",
         f"`torchdeq_ift`: `torchdeq.get_deq(core='indexing', ift=True, f_solver='fixed_point_iter', "
         f"f_max_iter=N-1, f_tol=0, b_solver='fixed_point_iter', b_max_iter={k + 1}, b_tol=0)`, called "
@@ -77,7 +80,8 @@ class _OurMethod:
         from crbp_detectron.crbp import Recurrence
 
         self.block = Recurrence(
-            cell, mode=name, steps=steps, neumann_steps=settings.neumann_steps, neumann_tol=0.0,
+            cell, mode=name, steps=steps, backward_solver="neumann",
+            backward_max_vjps=settings.neumann_steps + 1, backward_tol=0.0,
             penalty="lcp" if name in PENALIZED else "none", lcp_lambda=settings.lcp_lambda,
             penalty_reduction="mean", penalty_weight=1.0)
 
@@ -90,7 +94,7 @@ class _OurMethod:
         b = self.block.last_backward
         if b is None or self.block.mode in ("bptt", "cbptt"):
             return None
-        return f"{b.neumann_terms}" + (" (diverged)" if b.diverged else "")
+        return f"{b.vjps_in_result}" + (" (diverged)" if b.diverged else "")
 
 
 class _TorchDEQMethod:
@@ -146,6 +150,7 @@ class Case:
     forward: Callable[[], object]  # the forward alone (penalty included), for saved bytes
     inputs: List[torch.Tensor] = field(default_factory=list)  # pre-existing tensors (params, x)
     info: Optional[Callable[[], Optional[str]]] = None  # what the last backward did (Neumann terms)
+    report: Optional[Callable[[], Dict[str, object]]] = None  # more results of the last step (JSON-able)
 
 
 def training_case(method, params: Sequence[torch.Tensor], x: torch.Tensor, readout: torch.Tensor) -> Case:

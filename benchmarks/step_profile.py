@@ -19,7 +19,7 @@ def profile_components(wl: Workload, args) -> list:
     cell, x, readout = make_problem(case)
     x.requires_grad_()
     h0 = torch.zeros_like(x)
-    h, _, _ = iterate(cell, x, h0, n - 1)
+    h = iterate(cell, x, h0, n - 1).h
     h_star = h.detach().requires_grad_()
     out = cell(x, h_star)
     v = torch.randn_like(out)

@@ -15,8 +15,9 @@ from detectron2.config import CfgNode as _D2CfgNode
 from detectron2.config import get_cfg as _d2_get_cfg
 
 from .crbp.cells import EXCITATIONS, GATES, NONLINEARITIES
+from .crbp.backward_solvers import BACKWARD_SOLVERS
 from .crbp.penalties import PENALTIES, REDUCTIONS
-from .crbp.recurrence import MODES
+from .crbp.recurrence import IMPLICIT_STEPS, MODES
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 MODEL_ZOO_PREFIX = "model_zoo:"  # _BASE_: "model_zoo:COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml"
@@ -33,7 +34,7 @@ class ConfigError(ValueError):
 
 def add_crbp_config(cfg):
     """Adds the MODEL.CRBP node. Defaults reproduce the paper's COCO model (Linsley et al. 2020):
-    C-RBP, 20 steps, 15 Neumann terms, LCP with lambda 0.95 summed, weight 0.001, and a 256-channel
+    C-RBP, 20 steps, 15 VJPs in the backward, LCP with lambda 0.95 summed, weight 0.001, and a 256-channel
     hGRU with a GALA gate, 3x3 kernels, GroupNorm and softplus in the mask head."""
     _C = cfg
     CN = type(cfg)  # nodes of the cfg's own class, or yacs refuses to merge them
@@ -41,12 +42,23 @@ def add_crbp_config(cfg):
     _C.MODEL.CRBP.MODE = "crbp"  # crbp | rbp | bptt | cbptt
     _C.MODEL.CRBP.STEPS = 20  # iterations in training (the recorded one included)
     _C.MODEL.CRBP.TEST_STEPS = 0  # iterations at test time; 0 = STEPS
-    _C.MODEL.CRBP.TOL = 0.0  # early stop when ||h_t+1 - h_t|| / ||h_t+1|| < TOL; 0 = never
-    _C.MODEL.CRBP.NEUMANN_STEPS = 15
-    _C.MODEL.CRBP.NEUMANN_TOL = 1e-4  # relative to ||dL/dh*||
-    _C.MODEL.CRBP.DIVERGENCE_PATIENCE = 3  # growing Neumann terms in a row that count as divergence
+    # Per-sample (per image / RoI) early stop once the estimated relative distance to the fixed
+    # point, q / (1 - q) ||h_t+1 - h_t|| / ||h_t+1|| (q: the step-size ratio), is under TOL; 0 = never.
+    _C.MODEL.CRBP.TOL = 0.0
+    # How the step at the equilibrium is kept for the backward: "recompute" keeps only x and h*
+    # (the step and the penalty are recomputed in the backward); "recorded" keeps their graphs.
+    _C.MODEL.CRBP.IMPLICIT_STEP = "recompute"
+    _C.MODEL.CRBP.BACKWARD = CN()  # the solver of (I - J^T) z = dL/dh* (crbp/backward_solvers.py)
+    _C.MODEL.CRBP.BACKWARD.SOLVER = "gmres"  # gmres | neumann | bicgstab
+    _C.MODEL.CRBP.BACKWARD.MAX_VJPS = 15  # VJPs through the step at most (the paper: 15 Neumann terms)
+    _C.MODEL.CRBP.BACKWARD.TOL = 1e-10  # relative residual ||g - (I - J^T) z|| / ||g|| to stop at
+    _C.MODEL.CRBP.BACKWARD.RESTART = 20  # gmres: Krylov vectors kept (memory) before a restart
+    # Divergence: a term of the series (neumann) or z beyond GROWTH_BOUND x ||g||, a non-finite
+    # value, or (neumann) no net decrease over DIVERGENCE_WINDOW terms. Transient growth is not.
+    _C.MODEL.CRBP.BACKWARD.GROWTH_BOUND = 1e6
+    _C.MODEL.CRBP.BACKWARD.DIVERGENCE_WINDOW = 100
     # Stop training with an error after this many backward passes in a row in which a block's
-    # Neumann series diverged; 0 = never stop (divergences are still counted in the metrics).
+    # backward solve diverged; 0 = never stop (divergences are still counted in the metrics).
     _C.MODEL.CRBP.MAX_CONSECUTIVE_DIVERGENCES = 0
     _C.MODEL.CRBP.PENALTY = "lcp"  # lcp | jacobian_frobenius | none
     _C.MODEL.CRBP.LCP_LAMBDA = 0.95
@@ -230,11 +242,16 @@ def validate_crbp_config(cfg):
     _check_choice(c, "MODE", MODES, p)
     _check_number(c, "STEPS", p, low=1, integer=True)
     _check_number(c, "TEST_STEPS", p, low=0, integer=True)
-    # Relative residuals: a tolerance of 1 or more would stop after the first step / Neumann term.
+    # Relative distances / residuals: a tolerance of 1 or more would stop at once.
     _check_number(c, "TOL", p, low=0, high=1, high_open=True)
-    _check_number(c, "NEUMANN_STEPS", p, low=0, integer=True)
-    _check_number(c, "NEUMANN_TOL", p, low=0, high=1, high_open=True)
-    _check_number(c, "DIVERGENCE_PATIENCE", p, low=1, integer=True)
+    _check_choice(c, "IMPLICIT_STEP", IMPLICIT_STEPS, p)
+    b, pb = c.BACKWARD, p + "BACKWARD."
+    _check_choice(b, "SOLVER", tuple(BACKWARD_SOLVERS), pb)
+    _check_number(b, "MAX_VJPS", pb, low=0, integer=True)
+    _check_number(b, "TOL", pb, low=0, high=1, high_open=True)
+    _check_number(b, "RESTART", pb, low=1, integer=True)
+    _check_number(b, "GROWTH_BOUND", pb, low=1, low_open=True)
+    _check_number(b, "DIVERGENCE_WINDOW", pb, low=1, integer=True)
     _check_number(c, "MAX_CONSECUTIVE_DIVERGENCES", p, low=0, integer=True)
     _check_choice(c, "PENALTY", PENALTIES, p)
     _check_number(c, "LCP_LAMBDA", p, low=0, low_open=True)

@@ -18,7 +18,7 @@ from .training_utils import REPO
     (["MODEL.CRBP.LCP_LAMBDA", 1.0], r"MODEL.CRBP.LCP_LAMBDA = 1.0: must be < 1 with PENALTY 'lcp'"),
     (["MODEL.CRBP.PENALTY_WEIGHT", float("inf")], r"MODEL.CRBP.PENALTY_WEIGHT = inf: must be a finite number"),
     (["MODEL.CRBP.TOL", 5.0], r"MODEL.CRBP.TOL = 5.0: must be < 1"),
-    (["MODEL.CRBP.NEUMANN_TOL", 1.0], r"MODEL.CRBP.NEUMANN_TOL = 1.0: must be < 1"),
+    (["MODEL.CRBP.BACKWARD.TOL", 1.0], r"MODEL.CRBP.BACKWARD.TOL = 1.0: must be < 1"),
     (["MODEL.CRBP.STEPZ", 10], r"command line: unknown config key 'MODEL.CRBP.STEPZ'; did you mean MODEL.CRBP.STEPS"),
     (["MODEL.CRBP.CELL.NUM_GROUP", 8], r"unknown config key 'MODEL.CRBP.CELL.NUM_GROUP'; did you mean MODEL.CRBP.CELL.NUM_GROUPS"),
     (["MODEL.CRBP.LCP_LAMDA", 0.9], r"did you mean MODEL.CRBP.LCP_LAMBDA"),

@@ -1,12 +1,13 @@
 """C-RBP core: recurrence to equilibrium, the RBP gradient, contraction penalties. Pure PyTorch:
 nothing here imports Detectron2."""
-from .backward import NeumannConfig, attach_rbp_gradient, neumann_series
+from .backward import ImplicitStep, attach_rbp_gradient, implicit_step
+from .backward_solvers import BACKWARD_SOLVERS, BackwardConfig, register_backward_solver, solve_backward
 from .cells import ConvGRUCell, GALAGate, HGRUCell
 from .collect import (BlockSummary, block_name, collect_recurrence, penalty_losses,
                       recurrent_blocks, summary_scalars)
 from .penalties import PENALTIES, jacobian_frobenius_penalty, lipschitz_penalty
-from .recurrence import MODES, PENALIZED_MODES, Recurrence, RecurrenceRecord
-from .solver import iterate, relative_residual
+from .recurrence import IMPLICIT_STEPS, MODES, PENALIZED_MODES, Recurrence, RecurrenceRecord
+from .solver import IterationResult, iterate, relative_residual, samples_independent
 from .stats import BackwardStats, RecurrenceStats
 
 __all__ = [k for k in dir() if not k.startswith("_")]

@@ -1,82 +1,42 @@
-"""The RBP gradient: a Neumann series of vector-Jacobian products through ONE recorded step.
+"""The RBP gradient through ONE step at the equilibrium, in two ways of keeping that step.
 
 At an equilibrium h* = f(x, h*), the implicit function theorem gives dL/dtheta = z^T df/dtheta
-with z^T = g^T (I - J)^-1, J = df/dh at h*, g = dL/dh*. The Neumann series
-z = sum_k g^T J^k needs only VJPs v <- v^T J through the recorded step f(x, h*); autograd then
-carries z through that same step into the weights and x. Memory: one step, whatever the number
-of forward iterations.
+with z^T (I - J) = g^T, J = df/dh at h*, g = dL/dh*. A backward solver (backward_solvers.py)
+finds z from VJPs v -> v^T J through one step; autograd then carries z through that same step
+into the weights and x.
+
+    recorded   (attach_rbp_gradient) the step's graph is recorded in the forward and kept until the
+               backward; an identity node on its output swaps g for z. The penalty's own graph
+               (the LCP's double backward) is kept beside it.
+    recompute  (implicit_step) the forward keeps only x, h* and the parameters (a custom
+               autograd.Function; the step and the penalty are evaluated without keeping a graph).
+               The backward recomputes the step at h* (with the forward's RNG and autocast state),
+               re-derives the penalty from it, solves for z, and sends z and the penalty's
+               incoming gradient into the weights and x with ONE autograd.grad through the
+               recomputed graph. Same gradients; memory of two states instead of a step's graph.
 """
-import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 
+from .backward_solvers import BackwardConfig, solve_backward
 from .stats import BackwardStats
 
-
-@dataclass(frozen=True)
-class NeumannConfig:
-    max_terms: int = 15  # K: VJPs at most (the paper's value)
-    tol: float = 1e-4  # stop once ||v_k|| / ||g|| falls under this (relative: no loss-scale knob)
-    patience: int = 3  # consecutive growing terms that count as divergence
-
-    def __post_init__(self):
-        if self.max_terms < 0:
-            raise ValueError(f"neumann max_terms must be >= 0, got {self.max_terms}")
-        if not self.tol >= 0:
-            raise ValueError(f"neumann tol must be >= 0, got {self.tol}")
-        if self.patience < 1:
-            raise ValueError(f"neumann patience must be >= 1, got {self.patience}")
+OnBackward = Optional[Callable[[BackwardStats], None]]
+USED_TWICE = ("The C-RBP gradient of this recurrent block was already used: backward through "
+              "the same forward twice (retain_graph=True) is not supported.")
 
 
-def neumann_series(
-    vjp: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, config: NeumannConfig
-) -> Tuple[torch.Tensor, BackwardStats]:
-    """Returns z = sum_{k=0..K} g^T J^k (with vjp(v) = v^T J) and what happened.
-
-    Divergence guard: if ||v_k|| grows for `patience` consecutive terms, or a term is not finite,
-    the partial sum from before the growth is returned and `diverged` is set. The result is
-    always finite when g is; a non-finite g gives zeros (and `diverged`), so that no NaN reaches
-    the weights through this block.
-    """
-    stats = BackwardStats()
-    g_norm = float(g.norm())
-    if not math.isfinite(g_norm):
-        stats.diverged = True
-        return torch.zeros_like(g), stats
-    if g_norm == 0.0:
-        stats.neumann_residual = 0.0
-        return g, stats
-
-    z, v, prev_norm = g, g, g_norm
-    growing, z_before_growth, terms_before_growth = 0, z, 0
-    for _ in range(config.max_terms):
-        v = vjp(v)
-        v_norm = float(v.norm())
-        if not math.isfinite(v_norm):
-            stats.diverged = True
-            z = z_before_growth if growing else z
-            stats.neumann_terms = terms_before_growth if growing else stats.neumann_terms
-            break
-        growing = growing + 1 if v_norm > prev_norm else 0
-        if growing == 1:
-            z_before_growth, terms_before_growth = z, stats.neumann_terms
-        if growing >= config.patience:
-            stats.diverged = True
-            z, stats.neumann_terms = z_before_growth, terms_before_growth
-            break
-        z = z + v
-        stats.neumann_terms += 1
-        stats.neumann_residual = v_norm / g_norm
-        prev_norm = v_norm
-        if stats.neumann_residual < config.tol:
-            break
-    return z, stats
+def _vjp_through(h_next: torch.Tensor, h_in: torch.Tensor):
+    def vjp(v):
+        return torch.autograd.grad(h_next, h_in, v.to(h_next.dtype), retain_graph=True)[0]
+    return vjp
 
 
 class _RBPGradient(torch.autograd.Function):
-    """Identity on the recorded step's output; its backward swaps g for the Neumann sum.
+    """Identity on the recorded step's output; its backward swaps g for the solver's z.
 
     The recorded output and its input are kept on ctx (not saved tensors: they are the graph we
     take VJPs through) and released as soon as the backward has used them. The VJPs run through
@@ -95,27 +55,16 @@ class _RBPGradient(torch.autograd.Function):
     def backward(ctx, grad):
         h_next, h_star = ctx.h_next, ctx.h_star
         if h_next is None:
-            raise RuntimeError(
-                "The C-RBP gradient of this recurrent block was already used: backward through "
-                "the same forward twice (retain_graph=True) is not supported."
-            )
+            raise RuntimeError(USED_TWICE)
         ctx.h_next = ctx.h_star = None
-
-        def vjp(v):
-            return torch.autograd.grad(h_next, h_star, v, retain_graph=True)[0]
-
-        z, stats = neumann_series(vjp, grad, ctx.config)
+        z, stats = solve_backward(_vjp_through(h_next, h_star), grad, ctx.config)
         if ctx.on_backward is not None:
             ctx.on_backward(stats)
-        return z, None, None, None
+        return z.to(grad.dtype), None, None, None
 
 
-def attach_rbp_gradient(
-    h_next: torch.Tensor,
-    h_star: torch.Tensor,
-    config: NeumannConfig,
-    on_backward: Optional[Callable[[BackwardStats], None]] = None,
-) -> torch.Tensor:
+def attach_rbp_gradient(h_next: torch.Tensor, h_star: torch.Tensor, config: BackwardConfig,
+                        on_backward: OnBackward = None) -> torch.Tensor:
     """Returns h_next with the RBP gradient attached.
 
     `h_star` is the detached state (a leaf with requires_grad) that `h_next = f(x, h_star)` was
@@ -124,3 +73,141 @@ def attach_rbp_gradient(
     if not h_star.requires_grad:
         raise ValueError("attach_rbp_gradient: h_star must require grad (the recorded step's input)")
     return _RBPGradient.apply(h_next, h_star, config, on_backward)
+
+
+# ------------------------------------------------------------------------------ recompute
+PenaltyFn = Callable[[torch.Tensor, torch.Tensor, bool], Optional[torch.Tensor]]
+
+
+@dataclass
+class ImplicitStep:
+    """What the recompute Function needs besides tensors (a plain object: not saved by autograd).
+
+    penalty(h_next, h_in, create_graph) -> penalty tensor (None: no penalty); it must compute the
+    penalty from the step exactly as the recorded path does (penalties.py), so options flow to both.
+    """
+
+    cell: nn.Module
+    config: BackwardConfig
+    penalty: Optional[PenaltyFn]
+    differentiable_penalty: bool
+    on_backward: OnBackward
+    params: List[torch.Tensor]
+
+
+class _CellState:
+    """The forward's RNG and autocast state, replayed around the backward's recomputation, and
+    the cell's buffers (BatchNorm running statistics) restored after it, so that recomputing a
+    training-mode step does not update them a second time."""
+
+    def __init__(self, cell: nn.Module, x: torch.Tensor):
+        self.device_type, self.device = x.device.type, x.device
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
+        self.autocast = (torch.is_autocast_enabled(self.device_type), torch.get_autocast_dtype(self.device_type))
+        self.cell = cell
+
+    def replay(self, fn):
+        """fn() under the forward's RNG and autocast state; returns (fn's result, restore), where
+        restore() puts back any buffer fn changed. Call it once the recomputed graph is used:
+        BatchNorm keeps its running statistics for its backward, so writing them earlier would
+        invalidate the graph."""
+        buffers = [(b, b.detach().clone()) for b in self.cell.buffers()]
+        devices = [self.device] if self.cuda_rng is not None else []
+        with torch.random.fork_rng(devices=devices, enabled=True):
+            torch.set_rng_state(self.cpu_rng)
+            if self.cuda_rng is not None:
+                torch.cuda.set_rng_state(self.cuda_rng)
+            enabled, dtype = self.autocast
+            with torch.autocast(self.device_type, dtype=dtype, enabled=enabled):
+                out = fn()
+
+        def restore():
+            with torch.no_grad():
+                for buf, value in buffers:
+                    if not torch.equal(buf, value):
+                        buf.copy_(value)
+        return out, restore
+
+
+def _identity(t):
+    return t
+
+
+class _ImplicitStepFunction(torch.autograd.Function):
+    """(x, h*, *params) -> (f(x, h*), penalty); keeps x, h* and the parameters only."""
+
+    @staticmethod
+    def forward(ctx, spec: ImplicitStep, x, h_star, *params):
+        state = _CellState(spec.cell, x)
+        # The penalty's value needs one VJP, so the step runs with a graph here; that graph lives
+        # only inside this forward. Identity saved-tensor hooks keep an outer hook (e.g. one that
+        # measures what autograd keeps for the backward) from counting it as kept.
+        with torch.set_grad_enabled(spec.penalty is not None), \
+                torch.autograd.graph.saved_tensors_hooks(_identity, _identity):
+            h_in = h_star.detach().requires_grad_(spec.penalty is not None)
+            h_next = spec.cell(x.detach(), h_in)
+            penalty = spec.penalty(h_next, h_in, False) if spec.penalty is not None else None
+        ctx.spec, ctx.state, ctx.used = spec, state, False
+        ctx.save_for_backward(x, h_star)
+        ctx.has_penalty = penalty is not None
+        if penalty is None:
+            penalty = h_next.new_zeros(())
+        if not spec.differentiable_penalty:
+            ctx.mark_non_differentiable(penalty)
+        return h_next.detach(), penalty.detach()
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_penalty):
+        if ctx.used:
+            raise RuntimeError(USED_TWICE)
+        ctx.used = True
+        spec = ctx.spec
+        x, h_star = ctx.saved_tensors
+        want_penalty = (ctx.has_penalty and spec.differentiable_penalty and grad_penalty is not None
+                        and bool(grad_penalty.ne(0).any()))
+        x_in = x.detach().requires_grad_(ctx.needs_input_grad[1])
+        params = spec.params
+
+        def recompute():
+            with torch.enable_grad():
+                h_in = h_star.detach().requires_grad_()
+                h_next = spec.cell(x_in, h_in)
+                penalty = spec.penalty(h_next, h_in, True) if want_penalty else None
+            return h_in, h_next, penalty
+
+        (h_in, h_next, penalty), restore_buffers = ctx.state.replay(recompute)
+        if grad_h is None:
+            grad_h = torch.zeros_like(h_next)
+        z, stats = solve_backward(_vjp_through(h_next, h_in), grad_h, spec.config)
+        if spec.on_backward is not None:
+            spec.on_backward(stats)
+        outputs, grads = [h_next], [z.to(h_next.dtype)]
+        if want_penalty:
+            outputs.append(penalty)
+            grads.append(grad_penalty.to(penalty.dtype))
+        wanted = [i for i, need in enumerate(ctx.needs_input_grad[3:]) if need]
+        inputs = ([x_in] if ctx.needs_input_grad[1] else []) + [params[i] for i in wanted]
+        result = [None] * (3 + len(params))
+        if inputs:
+            got = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+            if ctx.needs_input_grad[1]:
+                result[1], got = got[0], got[1:]
+            for i, g in zip(wanted, got):
+                result[3 + i] = g
+        restore_buffers()
+        return tuple(result)
+
+
+def implicit_step(spec: ImplicitStep, x: torch.Tensor, h_star: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(f(x, h*) with the RBP gradient, the penalty (a zero tensor when there is none)), keeping
+    only x, h* and the parameters between forward and backward. Parameters of the cell that
+    require grad are inputs of the node, so their gradient hooks fire once per backward."""
+    return _ImplicitStepFunction.apply(spec, x, h_star.detach(), *spec.params)
+
+
+def trainable_parameters(module: nn.Module) -> List[torch.Tensor]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+__all__: Sequence[str] = ("attach_rbp_gradient", "implicit_step", "ImplicitStep", "trainable_parameters")

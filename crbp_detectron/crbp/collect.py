@@ -70,11 +70,12 @@ def penalty_losses(summaries: Dict[str, BlockSummary], prefix: str = "loss_penal
 
 def summary_scalars(summaries: Dict[str, BlockSummary], prefix: str = "crbp") -> Dict[str, float]:
     """Flat scalars for a logger: "crbp/<block>/<stat>", averaged over the block's calls; the
-    Neumann statistics come from the block's latest backward pass."""
+    backward solver's statistics come from the block's latest backward pass."""
     scalars = {}
     for name, s in summaries.items():
         per_call = [st.as_dict() for st in s.stats]
-        keys = sorted({k for d in per_call for k in d if k not in ("neumann_terms", "neumann_residual", "diverged")})
+        backward_keys = set(BackwardStats().as_dict())
+        keys = sorted({k for d in per_call for k in d if k not in backward_keys})
         for key in keys:
             values = [d[key] for d in per_call if key in d]
             scalars[f"{prefix}/{name}/{key}"] = float(sum(values) / len(values))

@@ -1,13 +1,20 @@
 """One module that runs any cell f(x, h) -> h to equilibrium and trains it in one of four modes.
 
-    crbp   N-1 steps without a graph, one recorded step, the RBP gradient (Neumann VJPs through
-           that step) and a differentiable contraction penalty (LCP). Memory O(1) in N.
+    crbp   N-1 steps without a graph, one step at the equilibrium h*, the RBP gradient (a backward
+           solver's z from VJPs through that step) and a differentiable contraction penalty (LCP).
+           Memory O(1) in N.
     rbp    the same gradient; the penalty is computed for logging only.
     bptt   all N steps recorded; ordinary back-propagation through time. Memory O(N).
     cbptt  BPTT plus the differentiable penalty on the last step.
 
+The implicit modes keep their step in one of two ways (backward.py): "recompute" (the default)
+keeps only x, h* and the parameters and recomputes the step and the penalty in the backward;
+"recorded" keeps the step's graph and the penalty's double-backward graph. Same gradients.
+
 In eval mode (or under torch.no_grad) the block runs `test_steps` iterations with no graph; if
-gradients are enabled in eval mode they flow with the RBP gradient, in every mode.
+gradients are enabled in eval mode they flow with the RBP gradient, in every mode. With `tol` > 0
+every sample (dim 0) stops once its estimated distance to the fixed point is under `tol`
+(solver.py), and stopped samples stop costing compute where the cell allows it.
 
 A note on gated cells: at an exact equilibrium a GRU-style update h = (1-g) h + g h~ satisfies
 g * (h~(h*) - h*) = 0 with g > 0, so h* = h~(h*): the gate sets how fast h moves, not where it
@@ -20,12 +27,14 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
-from .backward import NeumannConfig, attach_rbp_gradient
+from .backward import ImplicitStep, attach_rbp_gradient, implicit_step, trainable_parameters
+from .backward_solvers import BACKWARD_SOLVERS, BackwardConfig
 from .penalties import PENALTIES, REDUCTIONS, jacobian_frobenius_penalty, lipschitz_penalty
-from .solver import iterate, relative_residual
+from .solver import IterationResult, iterate, relative_residual
 from .stats import BackwardStats, RecurrenceStats
 
 MODES = ("crbp", "rbp", "bptt", "cbptt")
+IMPLICIT_STEPS = ("recompute", "recorded")
 # Modes whose penalty is part of the loss; the others compute it for logging only.
 PENALIZED_MODES = ("crbp", "cbptt")
 # Records a block keeps in training before someone collects them (see `pop_records`). Penalties
@@ -50,9 +59,13 @@ class Recurrence(nn.Module):
         mode: one of MODES.
         steps: iterations in training, the recorded one included (>= 1).
         test_steps: iterations in eval (defaults to `steps`).
-        tol: stop the graph-free iterations early once the relative residual is under `tol`
-            (0 disables the early stop).
-        neumann_steps, neumann_tol, divergence_patience: the Neumann backward (NeumannConfig).
+        tol: per-sample early stop of the graph-free iterations once the estimated relative
+            distance to the fixed point is under `tol` (0 disables the early stop).
+        backward_solver: "gmres", "neumann" or "bicgstab" (backward_solvers.py);
+        backward_max_vjps, backward_tol, backward_restart: its VJP budget, relative residual
+            tolerance, and GMRES restart length; divergence_window, divergence_growth_bound: what
+            counts as divergence (BackwardConfig).
+        implicit_step: "recompute" or "recorded" (how the step at h* is kept for the backward).
         penalty: "lcp", "jacobian_frobenius" or "none".
         lcp_lambda: the LCP's target lambda; penalty_reduction: "mean" or "sum" over elements.
         penalty_weight: the penalty's weight in the loss (the record's `loss` is weight x penalty).
@@ -68,9 +81,13 @@ class Recurrence(nn.Module):
         steps: int = 20,
         test_steps: Optional[int] = None,
         tol: float = 0.0,
-        neumann_steps: int = 15,
-        neumann_tol: float = 1e-4,
-        divergence_patience: int = 3,
+        backward_solver: str = "gmres",
+        backward_max_vjps: int = 15,
+        backward_tol: float = 1e-10,
+        backward_restart: int = 20,
+        divergence_window: int = 100,
+        divergence_growth_bound: float = 1e6,
+        implicit_step: str = "recompute",
         penalty: str = "lcp",
         lcp_lambda: float = 0.9,
         penalty_reduction: str = "mean",
@@ -85,16 +102,21 @@ class Recurrence(nn.Module):
             raise ValueError(f"Recurrence penalty must be one of {PENALTIES}, got {penalty!r}")
         if penalty_reduction not in REDUCTIONS:
             raise ValueError(f"penalty_reduction must be one of {REDUCTIONS}, got {penalty_reduction!r}")
+        if implicit_step not in IMPLICIT_STEPS:
+            raise ValueError(f"implicit_step must be one of {IMPLICIT_STEPS}, got {implicit_step!r}")
         if steps < 1 or (test_steps is not None and test_steps < 1):
             raise ValueError(f"steps and test_steps must be >= 1, got {steps} and {test_steps}")
-        if tol < 0:
+        if not tol >= 0:
             raise ValueError(f"tol must be >= 0, got {tol}")
         self.cell = cell
         self.mode = mode
         self.steps = steps
         self.test_steps = test_steps
         self.tol = tol
-        self.neumann = NeumannConfig(neumann_steps, neumann_tol, divergence_patience)
+        self.backward_config = BackwardConfig(
+            solver=backward_solver, max_vjps=backward_max_vjps, tol=backward_tol,
+            growth_bound=divergence_growth_bound, window=divergence_window, restart=backward_restart)
+        self.implicit_step = implicit_step
         self.penalty = penalty
         self.lcp_lambda = lcp_lambda
         self.penalty_reduction = penalty_reduction
@@ -103,12 +125,14 @@ class Recurrence(nn.Module):
         self.record_trace = record_trace
         self._records: List[RecurrenceRecord] = []
         self.last_backward: Optional[BackwardStats] = None
-        self.consecutive_divergences = 0  # backward passes in a row whose Neumann series diverged
-        self.divergence_events = 0  # backward passes whose Neumann series diverged, in all
+        self.consecutive_divergences = 0  # backward passes in a row whose solve diverged
+        self.divergence_events = 0  # backward passes whose solve diverged, in all
 
     def extra_repr(self):
         return (f"mode={self.mode}, steps={self.steps}, test_steps={self.test_steps}, tol={self.tol}, "
-                f"penalty={self.penalty}, lcp_lambda={self.lcp_lambda}, weight={self.penalty_weight}")
+                f"backward={self.backward_config.solver}({self.backward_config.max_vjps}), "
+                f"implicit_step={self.implicit_step}, penalty={self.penalty}, "
+                f"lcp_lambda={self.lcp_lambda}, weight={self.penalty_weight}")
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None, return_record: bool = False):
@@ -122,16 +146,14 @@ class Recurrence(nn.Module):
         h = self._initial_state(x) if h0 is None else h0.detach()
         trace = [] if self.record_trace else None
         grad = torch.is_grad_enabled()
+        steps = self.steps if self.training else self._eval_steps
         if self.training and grad and self.mode in ("bptt", "cbptt"):
             h, stats, loss = self._unrolled(x, h, trace)
         elif grad:
-            steps = self.steps if self.training else self._eval_steps
             h, stats, loss = self._implicit(x, h, steps, trace, with_penalty=self.training)
         else:
-            steps = self.steps if self.training else self._eval_steps
-            h, run, residual = iterate(self.cell, x, h, steps, self.tol, trace)
-            stats = self._stats(run, residual, trace)
-            loss = None
+            run = iterate(self.cell, x, h, steps, self.tol, trace)
+            h, stats, loss = run.h, self._stats(run, trace), None
         record = RecurrenceRecord(loss, stats)
         if return_record:  # the caller takes the record; nothing is left on the block
             return h, record
@@ -146,23 +168,39 @@ class Recurrence(nn.Module):
         init = getattr(self.cell, "initial_state", None)
         return init(x) if callable(init) else torch.zeros_like(x)
 
-    def _stats(self, steps, residual, trace):
-        return RecurrenceStats(
-            mode=self.mode, steps=steps, residual=residual,
-            converged=self.tol > 0 and residual < self.tol, residual_trace=trace,
-        )
+    def _stats(self, run: IterationResult, trace, extra_steps: int = 0) -> RecurrenceStats:
+        stats = RecurrenceStats(mode=self.mode, steps=run.steps + extra_steps, residual=run.residual,
+                                converged=False, residual_trace=trace)
+        if self.tol > 0 and run.distance is not None and run.distance.numel():
+            converged = run.distance < self.tol
+            stats.converged = bool(converged.all())
+            stats.converged_fraction = float(converged.double().mean())
+            stats.distance = float(run.distance.max())
+            stats.mean_steps = float(run.sample_steps.double().mean()) + extra_steps
+        return stats
 
     def _implicit(self, x, h, steps, trace, with_penalty):
-        """N-1 graph-free steps, one recorded step, the RBP gradient attached to its output."""
-        h, run, _ = iterate(self.cell, x, h, steps - 1, self.tol, trace)
-        h_star = h.detach().requires_grad_()
-        h_next = self.cell(x, h_star)
-        residual = float(relative_residual(h_next.detach(), h_star.detach()))
+        """N-1 graph-free steps, one step at h* with the RBP gradient (and the penalty)."""
+        run = iterate(self.cell, x, h, steps - 1, self.tol, trace)
+        stats = self._stats(run, trace, extra_steps=1)
+        penalised = with_penalty and self.penalty != "none"
+        differentiable = penalised and self.mode in PENALIZED_MODES
+        penalty_fn = self._penalty_fn(stats) if penalised else None
+        h_star = run.h.detach()
+        if self.implicit_step == "recompute":
+            spec = ImplicitStep(cell=self.cell, config=self.backward_config, penalty=penalty_fn,
+                                differentiable_penalty=differentiable, on_backward=self._backward_hook(stats),
+                                params=trainable_parameters(self.cell))
+            h_next, value = implicit_step(spec, x, h_star)
+        else:
+            h_star = h_star.requires_grad_()
+            h_next = self.cell(x, h_star)
+            value = penalty_fn(h_next, h_star, differentiable) if penalised else None
+            h_next = attach_rbp_gradient(h_next, h_star, self.backward_config, self._backward_hook(stats))
+        stats.residual = float(relative_residual(h_next.detach(), h_star.detach()))
         if trace is not None:
-            trace.append(residual)
-        stats = self._stats(run + 1, residual, trace)
-        loss = self._penalty(h_next, h_star, stats) if with_penalty else None
-        return attach_rbp_gradient(h_next, h_star, self.neumann, self._backward_hook(stats)), stats, loss
+            trace.append(stats.residual)
+        return h_next, stats, self.penalty_weight * value if differentiable else None
 
     def _unrolled(self, x, h, trace):
         """BPTT: every step recorded."""
@@ -178,25 +216,30 @@ class Recurrence(nn.Module):
                     trace.append(residual)
             if self.tol > 0 and residual < self.tol:
                 break
-        stats = self._stats(run, residual, trace)
-        loss = self._penalty(h, h_prev, stats)
+        stats = RecurrenceStats(mode=self.mode, steps=run, residual=residual,
+                                converged=self.tol > 0 and residual < self.tol, residual_trace=trace)
+        loss = None
+        if self.penalty != "none":
+            differentiable = self.mode in PENALIZED_MODES
+            value = self._penalty_fn(stats)(h, h_prev, differentiable)
+            loss = self.penalty_weight * value if differentiable else None
         return h, stats, loss
 
-    def _penalty(self, h_next, h_in, stats):
-        """Computes the penalty (differentiable in penalised modes) and fills the stats."""
-        if self.penalty == "none":
-            return None
-        differentiable = self.mode in PENALIZED_MODES
-        if self.penalty == "lcp":
-            value, column_sums = lipschitz_penalty(
-                h_next, h_in, self.lcp_lambda, self.penalty_reduction, create_graph=differentiable)
-            if column_sums.numel():
-                stats.max_column_sum = float(column_sums.detach().max())
-        else:
-            value = jacobian_frobenius_penalty(
-                h_next, h_in, self.hutchinson_samples, create_graph=differentiable)
-        stats.penalty = float(value.detach())
-        return self.penalty_weight * value if differentiable else None
+    def _penalty_fn(self, stats: RecurrenceStats):
+        """penalty(h_next, h_in, create_graph) -> the unweighted penalty; fills the stats. The one
+        place both implicit steps and BPTT compute the penalty (through penalties.py)."""
+        def penalty(h_next, h_in, create_graph):
+            if self.penalty == "lcp":
+                value, column_sums = lipschitz_penalty(
+                    h_next, h_in, self.lcp_lambda, self.penalty_reduction, create_graph=create_graph)
+                if column_sums.numel():
+                    stats.max_column_sum = float(column_sums.detach().max())
+            else:
+                value = jacobian_frobenius_penalty(
+                    h_next, h_in, self.hutchinson_samples, create_graph=create_graph)
+            stats.penalty = float(value.detach())
+            return value
+        return penalty
 
     def _backward_hook(self, stats: RecurrenceStats) -> Callable[[BackwardStats], None]:
         def on_backward(backward_stats: BackwardStats):

@@ -5,14 +5,21 @@ from typing import List, Optional
 
 @dataclass
 class BackwardStats:
-    """Filled in by the RBP gradient when the backward pass reaches the recurrent block."""
+    """Filled in by the RBP gradient when the backward pass reaches the recurrent block. Every
+    field describes the z that was returned (see backward_solvers)."""
 
-    neumann_terms: int = 0  # number of VJP terms added to the Neumann sum
-    neumann_residual: float = float("nan")  # ||v_K|| / ||g|| of the last term computed
-    diverged: bool = False  # the series grew or turned non-finite; a partial sum was used
+    solver: str = ""
+    vjps: int = 0  # VJPs the solver computed (its cost)
+    vjps_in_result: int = 0  # VJPs that built the returned z (fewer when an earlier iterate was better)
+    residual: float = float("nan")  # ||g - (I - J^T) z|| / ||g|| of the returned z
+    converged: bool = False  # that residual is under the solver's tolerance
+    diverged: bool = False  # evidence that the solve cannot succeed (see backward_solvers)
 
     def as_dict(self):
-        return asdict(self)
+        """Flat scalars for loggers (the solver's name left out)."""
+        return {"backward_vjps": self.vjps, "backward_vjps_in_result": self.vjps_in_result,
+                "backward_residual": self.residual, "backward_converged": float(self.converged),
+                "diverged": float(self.diverged)}
 
 
 @dataclass
@@ -20,9 +27,12 @@ class RecurrenceStats:
     """What one forward of a recurrent block did. Floats, so loggers can take them as they are."""
 
     mode: str
-    steps: int  # iterations run (the recorded step included)
-    residual: float  # final relative residual ||h_t+1 - h_t|| / ||h_t+1||
-    converged: bool  # residual under the tolerance (always False when no tolerance is set)
+    steps: int  # iterations run (the recorded step included; the longest-running sample's)
+    residual: float  # final relative residual ||h_t+1 - h_t|| / ||h_t+1|| (whole batch)
+    converged: bool  # every sample's distance estimate under the tolerance (False without one)
+    mean_steps: Optional[float] = None  # iterations per sample, averaged (with a tolerance)
+    converged_fraction: Optional[float] = None  # samples whose distance estimate is under it
+    distance: Optional[float] = None  # largest per-sample estimate of ||h - h*|| / ||h||
     penalty: Optional[float] = None  # value of the contraction penalty, if computed
     max_column_sum: Optional[float] = None  # max_j (1^T J)_j, from the LCP's VJP
     residual_trace: Optional[List[float]] = None  # residual after each step, if asked for
@@ -35,12 +45,13 @@ class RecurrenceStats:
             "residual": self.residual,
             "converged": float(self.converged),
         }
+        for key in ("mean_steps", "converged_fraction", "distance"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         if self.penalty is not None:
             out["penalty"] = self.penalty
         if self.max_column_sum is not None:
             out["max_column_sum"] = self.max_column_sum
         if self.backward is not None:
-            out["neumann_terms"] = self.backward.neumann_terms
-            out["neumann_residual"] = self.backward.neumann_residual
-            out["diverged"] = float(self.backward.diverged)
+            out.update(self.backward.as_dict())
         return out

@@ -10,11 +10,12 @@ _NORMS = {"GN": "group", "BN": "batch", "": "none"}
 
 def recurrence_kwargs_from_cfg(cfg) -> dict:
     """Recurrence(...) keyword arguments from MODEL.CRBP."""
-    c = cfg.MODEL.CRBP
+    c, b = cfg.MODEL.CRBP, cfg.MODEL.CRBP.BACKWARD
     return dict(
         mode=c.MODE, steps=c.STEPS, test_steps=c.TEST_STEPS or None, tol=c.TOL,
-        neumann_steps=c.NEUMANN_STEPS, neumann_tol=c.NEUMANN_TOL,
-        divergence_patience=c.DIVERGENCE_PATIENCE, penalty=c.PENALTY, lcp_lambda=c.LCP_LAMBDA,
+        implicit_step=c.IMPLICIT_STEP, backward_solver=b.SOLVER, backward_max_vjps=b.MAX_VJPS,
+        backward_tol=b.TOL, backward_restart=b.RESTART, divergence_window=b.DIVERGENCE_WINDOW,
+        divergence_growth_bound=b.GROWTH_BOUND, penalty=c.PENALTY, lcp_lambda=c.LCP_LAMBDA,
         penalty_reduction=c.PENALTY_REDUCTION, penalty_weight=c.PENALTY_WEIGHT,
         hutchinson_samples=c.HUTCHINSON_SAMPLES,
     )

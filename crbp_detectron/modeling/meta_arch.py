@@ -10,7 +10,7 @@ from ..crbp import collect_recurrence, penalty_losses, summary_scalars
 
 
 class RecurrentBlockDivergence(FloatingPointError):
-    """A recurrent block's Neumann series diverged too many backward passes in a row."""
+    """A recurrent block's backward solve diverged too many backward passes in a row."""
 
 
 class RecurrenceLossMixin:
@@ -23,7 +23,7 @@ class RecurrenceLossMixin:
     @configurable
     def __init__(self, *, max_consecutive_divergences: int = 0, **kwargs):
         """max_consecutive_divergences: stop after this many backward passes in a row in which a
-        block's Neumann series diverged (0: never). Other arguments: the parent's."""
+        block's backward solve diverged (0: never). Other arguments: the parent's."""
         super().__init__(**kwargs)
         self.max_consecutive_divergences = max_consecutive_divergences
 
@@ -58,7 +58,7 @@ class RecurrenceLossMixin:
         for name, s in summaries.items():
             if limit and s.consecutive_divergences >= limit:
                 raise RecurrentBlockDivergence(
-                    f"Recurrent block '{name}': its Neumann series diverged in "
+                    f"Recurrent block '{name}': its backward solve diverged in "
                     f"{s.consecutive_divergences} consecutive backward passes "
                     f"(MODEL.CRBP.MAX_CONSECUTIVE_DIVERGENCES = {limit}); the block is not "
                     "contractive at its fixed point. Raise MODEL.CRBP.PENALTY_WEIGHT, lower "

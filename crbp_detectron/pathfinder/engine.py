@@ -218,7 +218,7 @@ class JsonlLogger:
                 f.write(json.dumps(entry) + "\n")
         if self.echo:
             keys = [k for k in ("iter", "loss", "task_loss", "penalty_loss", "val_iou", "sec") if k in entry]
-            extra = {k: v for k, v in entry.items() if k.endswith("max_column_sum") or k.endswith("neumann_terms")}
+            extra = {k: v for k, v in entry.items() if k.endswith("max_column_sum") or k.endswith("backward_vjps")}
             short = " ".join(f"{k}={entry[k]:.4g}" if isinstance(entry[k], float) else f"{k}={entry[k]}" for k in keys)
             short += "".join(f" {k.split('/')[-1]}={v:.3g}" for k, v in extra.items())
             print(short, flush=True)

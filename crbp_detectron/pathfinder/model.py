@@ -92,8 +92,8 @@ class PathfinderHGRU(nn.Module):
             cell.norm_inh = nn.BatchNorm2d(channels, track_running_stats=False)
             cell.norm_exc = nn.BatchNorm2d(channels, track_running_stats=False)
         self.recurrence = Recurrence(
-            cell, mode=mode, steps=steps, test_steps=test_steps, tol=tol, neumann_steps=neumann_steps,
-            neumann_tol=neumann_tol, penalty=penalty, lcp_lambda=lcp_lambda,
+            cell, mode=mode, steps=steps, test_steps=test_steps, tol=tol, backward_max_vjps=neumann_steps,
+            backward_tol=neumann_tol, penalty=penalty, lcp_lambda=lcp_lambda,
             penalty_reduction=penalty_reduction, penalty_weight=penalty_weight)
         self.readout = _Readout(channels, outputs, task)
 

@@ -65,3 +65,42 @@ def flat(tensors):
 
 def rel_err(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+class NonNormalConvMap(nn.Module):
+    """f(x, h) = a * h + conv(h, K) + x, a linear contraction of known spectrum with strong
+    transient growth: the kernel K only reaches right and down, so in raster order J is
+    triangular with the per-pixel gains `a` (distinct, in [-rho, rho]) on its diagonal:
+    spectral radius rho, while ||J||_2 > 2 and ||g^T J^k|| grows for tens of terms before it decays."""
+
+    def __init__(self, size=6, rho=0.99, right=1.4, down=0.0, seed=0, dtype=torch.float64):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        n = size * size
+        gains = rho * torch.cos(torch.linspace(0, torch.pi, n, dtype=dtype))
+        self.gain = nn.Parameter(gains[torch.randperm(n, generator=g)].view(1, 1, size, size))
+        kernel = torch.zeros(1, 1, 3, 3, dtype=dtype)
+        kernel[0, 0, 1, 2], kernel[0, 0, 2, 1] = right, down
+        self.kernel = nn.Parameter(kernel)
+
+    def forward(self, x, h):
+        return self.gain * h + torch.nn.functional.conv2d(h, self.kernel, padding=1) + x
+
+
+def linear_map_jacobian(cell, x):
+    """J of a map linear in h (at any h), as a dense matrix over the flattened state."""
+    zero = torch.zeros_like(x)
+    return torch.autograd.functional.jacobian(lambda h: cell(x, h.view_as(x)).reshape(-1), zero.reshape(-1))
+
+
+def exact_linear_map_grads(cell, x, readout):
+    """(h*, exact dL/d(params, x)) for a map linear in h: h* = (I - J)^-1 f(x, 0) by a dense solve."""
+    jac = linear_map_jacobian(cell, x)
+    eye = torch.eye(jac.shape[0], dtype=jac.dtype)
+    with torch.no_grad():
+        h_star = torch.linalg.solve(eye - jac, cell(x, torch.zeros_like(x)).reshape(-1)).view_as(x)
+    z = torch.linalg.solve((eye - jac).T, readout.reshape(-1))
+    x_leaf = x.detach().requires_grad_()
+    params = [p for p in cell.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(cell(x_leaf, h_star), params + [x_leaf], z.view_as(x))
+    return h_star, list(grads), jac

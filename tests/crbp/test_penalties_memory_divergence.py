@@ -6,9 +6,8 @@ import weakref
 import pytest
 import torch
 
-from crbp_detectron.crbp import (HGRUCell, NeumannConfig, Recurrence, collect_recurrence,
-                                 jacobian_frobenius_penalty, lipschitz_penalty, neumann_series,
-                                 penalty_losses, summary_scalars)
+from crbp_detectron.crbp import (HGRUCell, Recurrence, collect_recurrence, jacobian_frobenius_penalty,
+                                 lipschitz_penalty, penalty_losses, summary_scalars)
 from crbp_detectron.crbp.cells import chrono_init_
 from crbp_detectron.crbp.memory import saved_bytes
 
@@ -79,14 +78,20 @@ def test_saved_memory_grows_linearly_for_bptt(mode):
     assert abs((s32 - s8) - 24 * per_step) <= 0.01 * (s32 - s8)
 
 
-def test_repeated_training_steps_free_their_graphs():
+@pytest.mark.parametrize("implicit_step", ["recompute", "recorded"])
+def test_repeated_training_steps_free_their_graphs(implicit_step):
     block = hgru_block("crbp", 10)
+    block.implicit_step = implicit_step
     opt = torch.optim.SGD(block.parameters(), lr=1e-3)
     refs = []
     for _ in range(4):
         x = torch.rand(2, 8, 12, 12)
         h = block(x)
-        refs.append(weakref.ref(h._base))  # the recorded step's output, kept by the RBP node
+        if implicit_step == "recorded":
+            refs.append(weakref.ref(h._base))  # the recorded step's output, kept by the RBP node
+        else:
+            refs.append(weakref.ref(x))  # saved by the recompute node
+        del x
         summaries = collect_recurrence(block)
         loss = h.mean() + sum(penalty_losses(summaries).values())
         opt.zero_grad()
@@ -106,10 +111,12 @@ def test_uncollected_penalties_raise_instead_of_leaking():
             block(x)
 
 
-def test_divergent_map_gives_finite_gradients_and_flags():
+@pytest.mark.parametrize("implicit_step", ["recompute", "recorded"])
+def test_divergent_map_gives_finite_gradients_and_flags(implicit_step):
     cell = LinearMap(dim=5, radius=1.5)
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-    block = Recurrence(cell, mode="crbp", steps=12, tol=1e-6, neumann_steps=30, penalty="lcp")
+    block = Recurrence(cell, mode="crbp", steps=12, tol=1e-6, backward_solver="neumann", backward_max_vjps=60,
+                       penalty="lcp", implicit_step=implicit_step)
     h = block(x)
     summary = collect_recurrence(block)["recurrence"]
     stats = summary.stats[0]
@@ -119,31 +126,6 @@ def test_divergent_map_gives_finite_gradients_and_flags():
     assert block.last_backward.diverged
     assert block.consecutive_divergences == 1
     assert torch.isfinite(x.grad).all() and torch.isfinite(cell.weight.grad).all()
-
-
-def test_neumann_series_sums_a_known_linear_system():
-    torch.manual_seed(0)
-    jac = 0.5 * torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0]
-    g = torch.randn(6, dtype=torch.float64)
-    z, stats = neumann_series(lambda v: v @ jac, g, NeumannConfig(max_terms=200, tol=1e-12))
-    exact = torch.linalg.solve((torch.eye(6, dtype=torch.float64) - jac).T, g)
-    assert torch.allclose(z, exact, atol=1e-10)
-    assert 30 < stats.neumann_terms < 200 and not stats.diverged  # ||v_k|| = 0.5^k stops early
-    # Growth: the partial sum from before the growth is returned and flagged.
-    z, stats = neumann_series(lambda v: 1.2 * v, g, NeumannConfig(max_terms=50, patience=3))
-    assert stats.diverged and stats.neumann_terms == 0 and torch.equal(z, g)
-    # Non-finite incoming gradient: zeros, flagged.
-    z, stats = neumann_series(lambda v: v, torch.full((3,), float("nan")), NeumannConfig())
-    assert stats.diverged and torch.equal(z, torch.zeros(3))
-
-
-def test_neumann_tolerance_is_relative_to_the_gradient():
-    """Scaling the loss scales the gradient: no absolute threshold may change the terms used."""
-    jac = 0.7 * torch.eye(4, dtype=torch.float64)
-    g = torch.ones(4, dtype=torch.float64)
-    terms = [neumann_series(lambda v: v @ jac, s * g, NeumannConfig(max_terms=100, tol=1e-3))[1].neumann_terms
-             for s in (1e-6, 1.0, 1e6)]
-    assert terms[0] == terms[1] == terms[2]
 
 
 def test_modes_penalties_and_collection():
@@ -181,8 +163,12 @@ def test_bad_arguments_name_the_problem():
         Recurrence(cell, penalty="l2")
     with pytest.raises(ValueError, match="steps"):
         Recurrence(cell, steps=0)
-    with pytest.raises(ValueError, match="max_terms"):
-        Recurrence(cell, neumann_steps=-1)
+    with pytest.raises(ValueError, match="max_vjps"):
+        Recurrence(cell, backward_max_vjps=-1)
+    with pytest.raises(ValueError, match="backward solver"):
+        Recurrence(cell, backward_solver="cg")
+    with pytest.raises(ValueError, match="implicit_step"):
+        Recurrence(cell, implicit_step="saved")
     with pytest.raises(ValueError, match="divisible"):
         HGRUCell(10, norm="group", num_groups=4)
 

@@ -114,7 +114,7 @@ def test_configs_equal_the_model_zoo_outside_crbp_keys():
 def test_paper_defaults():
     cfg = load_config("panoptic_crbp.yaml")
     c = cfg.MODEL.CRBP
-    assert (c.MODE, c.STEPS, c.NEUMANN_STEPS, c.PENALTY, c.LCP_LAMBDA, c.PENALTY_REDUCTION, c.PENALTY_WEIGHT) == \
+    assert (c.MODE, c.STEPS, c.BACKWARD.MAX_VJPS, c.PENALTY, c.LCP_LAMBDA, c.PENALTY_REDUCTION, c.PENALTY_WEIGHT) == \
         ("crbp", 20, 15, "lcp", 0.95, "sum", 0.001)
     assert load_config("COCO-PanopticSegmentation/panoptic_bptt3_R_50_1x.yaml").MODEL.CRBP.MODE == "bptt"
 
@@ -134,7 +134,11 @@ def test_config_file_lookup(tmp_path, monkeypatch):
     (["MODEL.CRBP.LCP_LAMBDA", -1.0], "MODEL.CRBP.LCP_LAMBDA"),
     (["MODEL.CRBP.PENALTY_WEIGHT", -0.1], "MODEL.CRBP.PENALTY_WEIGHT"),
     (["MODEL.CRBP.PENALTY_REDUCTION", "max"], "MODEL.CRBP.PENALTY_REDUCTION"),
-    (["MODEL.CRBP.NEUMANN_STEPS", -2], "MODEL.CRBP.NEUMANN_STEPS"),
+    (["MODEL.CRBP.BACKWARD.MAX_VJPS", -2], "MODEL.CRBP.BACKWARD.MAX_VJPS"),
+    (["MODEL.CRBP.BACKWARD.SOLVER", "cg"], "MODEL.CRBP.BACKWARD.SOLVER"),
+    (["MODEL.CRBP.BACKWARD.DIVERGENCE_WINDOW", 0], "MODEL.CRBP.BACKWARD.DIVERGENCE_WINDOW"),
+    (["MODEL.CRBP.BACKWARD.GROWTH_BOUND", 1.0], "MODEL.CRBP.BACKWARD.GROWTH_BOUND"),
+    (["MODEL.CRBP.IMPLICIT_STEP", "saved"], "MODEL.CRBP.IMPLICIT_STEP"),
     (["MODEL.CRBP.CELL.KERNEL_SIZE", 4], "MODEL.CRBP.CELL.KERNEL_SIZE"),
     (["MODEL.CRBP.CELL.TYPE", "lstm"], "MODEL.CRBP.CELL.TYPE"),
     (["MODEL.CRBP.CELL.NUM_GROUPS", 24], "MODEL.CRBP.CELL.NUM_GROUPS"),

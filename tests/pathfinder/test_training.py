@@ -46,7 +46,7 @@ def test_tiny_training_reduces_the_loss(tiny_data, tmp_path, mode):
     # The C-RBP statistics reach the log.
     assert "crbp/recurrence/residual" in log[-1] and "crbp/recurrence/max_column_sum" in log[-1]
     if mode == "crbp":
-        assert log[-1]["crbp/recurrence/neumann_terms"] >= 1 and log[-1]["penalty_loss"] >= 0
+        assert log[-1]["crbp/recurrence/backward_vjps"] >= 1 and log[-1]["penalty_loss"] >= 0
     assert 0.0 <= summary["val"]["iou"] <= 1.0
 
 

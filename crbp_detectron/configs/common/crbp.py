@@ -9,12 +9,13 @@ from crbp_detectron.engine import has_compiled_ops
 from crbp_detectron.modeling import CRBPMaskHead
 from crbp_detectron.modeling.blocks import build_recurrence
 
-# How every recurrent block trains: C-RBP, 20 steps, 15 Neumann terms, LCP lambda 0.95 summed
-# with weight 0.001 (the paper's COCO model). Arguments of crbp_detectron.crbp.Recurrence.
+# How every recurrent block trains: C-RBP, 20 steps, 15 VJPs in the backward solve, LCP lambda
+# 0.95 summed with weight 0.001 (the paper's COCO model). Arguments of crbp_detectron.crbp.Recurrence.
 recurrence = dict(
-    mode="crbp", steps=20, test_steps=None, tol=0.0, neumann_steps=15, neumann_tol=1e-4,
-    divergence_patience=3, penalty="lcp", lcp_lambda=0.95, penalty_reduction="sum",
-    penalty_weight=0.001, hutchinson_samples=1,
+    mode="crbp", steps=20, test_steps=None, tol=0.0, implicit_step="recompute",
+    backward_solver="gmres", backward_max_vjps=15, backward_tol=1e-10, backward_restart=20,
+    divergence_window=100, divergence_growth_bound=1e6, penalty="lcp", lcp_lambda=0.95,
+    penalty_reduction="sum", penalty_weight=0.001, hutchinson_samples=1,
 )
 # The COCO hGRU: 3x3 kernels, GALA gate, GroupNorm(32), softplus. Arguments of
 # crbp_detectron.modeling.blocks.build_cell; `timesteps` (the gate-bias init) follows the steps.
