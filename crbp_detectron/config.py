@@ -154,7 +154,10 @@ def load_config(name: str, opts: Optional[list] = None) -> CRBPCfgNode:
     try:
         cfg.merge_from_file(path)
     except KeyError as e:
-        raise ConfigError(f"{path}: {_unknown_key_message(cfg, e)}") from None
+        message = _unknown_key_message(cfg, e)
+        if "'PATHFINDER" in message:
+            message = _pathfinder_hint(path)
+        raise ConfigError(f"{path}: {message}") from None
     except ValueError as e:  # yacs: a value of the wrong type, naming the key
         raise ConfigError(f"{path}: {e}") from None
     if opts:
@@ -180,12 +183,19 @@ def _check_is_detectron2_config(path: str):
         raise ConfigError(f"{path}: a config file must be a YAML mapping of KEY: value, not a {type(data).__name__}")
     lower = sorted(k for k in (data or {}) if isinstance(k, str) and k != k.upper())
     if lower:
-        pathfinder = os.path.join(CONFIG_DIR, "pathfinder")
-        hint = ("It is a Pathfinder config: train it with `python tools/train_pathfinder.py --config-file "
-                f"{os.path.relpath(path, CONFIG_DIR) if path.startswith(pathfinder) else path}`."
-                if "_base_" in lower or path.startswith(pathfinder) else
+        hint = (_pathfinder_hint(path) if "_base_" in lower or _is_packaged_pathfinder(path) else
                 "Detectron2 configs have upper-case top-level keys (MODEL, SOLVER, DATASETS, ...).")
         raise ConfigError(f"{path} is not a Detectron2 config (top-level keys {lower}). {hint}")
+
+
+def _is_packaged_pathfinder(path: str) -> bool:
+    return os.path.abspath(path).startswith(os.path.join(CONFIG_DIR, "pathfinder") + os.sep)
+
+
+def _pathfinder_hint(path: str) -> str:
+    name = os.path.relpath(path, CONFIG_DIR) if _is_packaged_pathfinder(path) else path
+    return (f"It is a Pathfinder config, not a Detectron2 model's: train it with "
+            f"`python tools/train_pathfinder.py --config-file {name}`.")
 
 
 def _all_keys(node, prefix=""):

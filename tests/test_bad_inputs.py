@@ -46,10 +46,14 @@ def test_misspelt_key_in_a_config_file(tmp_path):
         load_config(str(path))
 
 
-def test_pathfinder_config_names_its_tool():
-    with pytest.raises(ConfigError, match=r"pathfinder/crbp.yaml is not a Detectron2 config .*Pathfinder config: "
-                                          r"train it with `python tools/train_pathfinder.py --config-file pathfinder/crbp.yaml`"):
+def test_pathfinder_config_names_its_tool(tmp_path):
+    hint = r"Pathfinder config, not a Detectron2 model's: train it with `python tools/train_pathfinder.py --config-file "
+    with pytest.raises(ConfigError, match=hint + "pathfinder/crbp.yaml`"):
         load_config("pathfinder/crbp.yaml")
+    path = tmp_path / "pathfinder.yaml"  # the Detectron2-style form, with its own PATHFINDER node
+    path.write_text('MODEL:\n  META_ARCHITECTURE: "PathfinderModel"\nPATHFINDER:\n  DATA:\n    SIZE: 64\n')
+    with pytest.raises(ConfigError, match=hint + str(path)):
+        load_config(str(path))
 
 
 @pytest.fixture(scope="module")
