@@ -267,9 +267,11 @@ def validate_crbp_config(cfg):
     _check_number(c, "LCP_LAMBDA", p, low=0, low_open=True)
     if c.PENALTY == "lcp" and c.LCP_LAMBDA >= 1:
         # The LCP is zero while every column sum of the Jacobian stays under lambda: with lambda >= 1
-        # it allows a non-contractive block, whose Neumann series (the C-RBP gradient) diverges.
+        # it allows a non-contractive block, whose fixed point need not attract and whose C-RBP
+        # gradient (the solve of (I - J^T) z = g) is then not valid.
         _fail(p + "LCP_LAMBDA", c.LCP_LAMBDA, "must be < 1 with PENALTY 'lcp' (the penalty enforces contraction, "
-              "a Jacobian norm under lambda; at 1 or more the C-RBP gradient's Neumann series may diverge)")
+              "a Jacobian norm under lambda; at 1 or more it allows a non-contractive block, for which the "
+              "C-RBP gradient is not valid)")
     _check_choice(c, "PENALTY_REDUCTION", REDUCTIONS, p)
     _check_number(c, "PENALTY_WEIGHT", p, low=0)
     _check_number(c, "HUTCHINSON_SAMPLES", p, low=1, integer=True)
