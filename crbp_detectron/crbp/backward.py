@@ -15,6 +15,7 @@ into the weights and x.
                incoming gradient into the weights and x with ONE autograd.grad through the
                recomputed graph. Same gradients; memory of two states instead of a step's graph.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -96,7 +97,7 @@ class ImplicitStep:
 
 
 class _CellState:
-    """The forward's RNG and autocast state, replayed around the backward's recomputation, and
+    """The forward's RNG and autocast state, replayed in the backward's recomputation, and
     the cell's buffers (BatchNorm running statistics) restored after it, so that recomputing a
     training-mode step does not update them a second time."""
 
@@ -104,30 +105,35 @@ class _CellState:
         self.device_type, self.device = x.device.type, x.device
         self.cpu_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
-        self.autocast = (torch.is_autocast_enabled(self.device_type), torch.get_autocast_dtype(self.device_type))
+        self.autocast_state = (torch.is_autocast_enabled(self.device_type), torch.get_autocast_dtype(self.device_type))
         self.cell = cell
 
-    def replay(self, fn):
-        """fn() under the forward's RNG and autocast state; returns (fn's result, restore), where
-        restore() puts back any buffer fn changed. Call it once the recomputed graph is used:
+    def autocast(self):
+        """The forward's autocast state, for what the forward computed (the step, the penalty);
+        the VJPs and the gradients run outside it, as a backward does."""
+        enabled, dtype = self.autocast_state
+        return torch.autocast(self.device_type, dtype=dtype, enabled=enabled)
+
+    @contextmanager
+    def replay(self):
+        """A context with the forward's RNG state and grad enabled; on exit the RNG is as before
+        and any buffer changed inside is put back. Exit only once the recomputed graph is used:
         BatchNorm keeps its running statistics for its backward, so writing them earlier would
         invalidate the graph."""
         buffers = [(b, b.detach().clone()) for b in self.cell.buffers()]
         devices = [self.device] if self.cuda_rng is not None else []
-        with torch.random.fork_rng(devices=devices, enabled=True):
-            torch.set_rng_state(self.cpu_rng)
-            if self.cuda_rng is not None:
-                torch.cuda.set_rng_state(self.cuda_rng)
-            enabled, dtype = self.autocast
-            with torch.autocast(self.device_type, dtype=dtype, enabled=enabled):
-                out = fn()
-
-        def restore():
+        try:
+            with torch.random.fork_rng(devices=devices, enabled=True):
+                torch.set_rng_state(self.cpu_rng)
+                if self.cuda_rng is not None:
+                    torch.cuda.set_rng_state(self.cuda_rng)
+                with torch.enable_grad():
+                    yield
+        finally:
             with torch.no_grad():
                 for buf, value in buffers:
                     if not torch.equal(buf, value):
                         buf.copy_(value)
-        return out, restore
 
 
 def _identity(t):
@@ -168,34 +174,32 @@ class _ImplicitStepFunction(torch.autograd.Function):
                         and bool(grad_penalty.ne(0).any()))
         x_in = x.detach().requires_grad_(ctx.needs_input_grad[1])
         params = spec.params
-
-        def recompute():
-            with torch.enable_grad():
-                h_in = h_star.detach().requires_grad_()
-                h_next = spec.cell(x_in, h_in)
-                penalty = spec.penalty(h_next, h_in, True) if want_penalty else None
-            return h_in, h_next, penalty
-
-        (h_in, h_next, penalty), restore_buffers = ctx.state.replay(recompute)
-        if grad_h is None:
-            grad_h = torch.zeros_like(h_next)
-        z, stats = solve_backward(_vjp_through(h_next, h_in), grad_h, spec.config)
-        if spec.on_backward is not None:
-            spec.on_backward(stats)
-        outputs, grads = [h_next], [z.to(h_next.dtype)]
-        if want_penalty:
-            outputs.append(penalty)
-            grads.append(grad_penalty.to(penalty.dtype))
         wanted = [i for i, need in enumerate(ctx.needs_input_grad[3:]) if need]
         inputs = ([x_in] if ctx.needs_input_grad[1] else []) + [params[i] for i in wanted]
         result = [None] * (3 + len(params))
-        if inputs:
-            got = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
-            if ctx.needs_input_grad[1]:
-                result[1], got = got[0], got[1:]
-            for i, g in zip(wanted, got):
-                result[3 + i] = g
-        restore_buffers()
+        with ctx.state.replay():
+            h_in = h_star.detach().requires_grad_()
+            with ctx.state.autocast():
+                h_next = spec.cell(x_in, h_in)
+            if grad_h is None:
+                grad_h = torch.zeros_like(h_next)
+            # Solve before the penalty's double-backward graph exists: the peak holds the step's
+            # graph and the solver's vectors, or the step's and the penalty's graphs, not all three.
+            z, stats = solve_backward(_vjp_through(h_next, h_in), grad_h, spec.config)
+            if spec.on_backward is not None:
+                spec.on_backward(stats)
+            outputs, grads = [h_next], [z.to(h_next.dtype)]
+            if want_penalty:
+                with ctx.state.autocast():
+                    penalty = spec.penalty(h_next, h_in, True)
+                outputs.append(penalty)
+                grads.append(grad_penalty.to(penalty.dtype))
+            if inputs:
+                got = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+                if ctx.needs_input_grad[1]:
+                    result[1], got = got[0], got[1:]
+                for i, g in zip(wanted, got):
+                    result[3 + i] = g
         return tuple(result)
 
 

@@ -1,6 +1,6 @@
 """What autograd keeps for the backward pass: the measure behind C-RBP's constant-memory claim,
 shared by the tests, the benchmarks and the Pathfinder experiment."""
-from typing import Callable, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Sequence, Tuple, TypeVar
 
 import torch
 
@@ -23,8 +23,16 @@ def saved_bytes(fn: Callable[[], T], exclude: Sequence[torch.Tensor] = ()) -> Tu
     `exclude` (parameters, inputs: they exist whatever the method) are not counted. Graph-free
     work (C-RBP's N-1 steps) saves nothing; a penalty computed with create_graph saves its
     double-backward graph. What a backward allocates later is not seen."""
+    total, _, out = saved_bytes_by(fn, exclude)
+    return total, out
+
+
+def saved_bytes_by(fn: Callable[[], T], exclude: Sequence[torch.Tensor] = (),
+                   owner: Callable[[], str] = lambda: "") -> Tuple[int, Dict[str, int], T]:
+    """saved_bytes, also split by `owner()` when each storage is first saved (e.g. the module
+    running then): (bytes, {owner: bytes}, fn's result)."""
     skip = {_storage(t)[0] for t in exclude}
-    seen, total = set(), 0
+    seen, total, by = set(), 0, {}
 
     def pack(t):
         nonlocal total
@@ -32,6 +40,8 @@ def saved_bytes(fn: Callable[[], T], exclude: Sequence[torch.Tensor] = ()) -> Tu
         if key not in seen and key not in skip:
             seen.add(key)
             total += nbytes
+            name = owner()
+            by[name] = by.get(name, 0) + nbytes
         # Detached: an output saved by its own grad_fn, stored as itself, would make a reference
         # cycle that keeps the whole graph alive after its last use. Autograd re-attaches the
         # unpacked tensor to the graph, so gradients are unchanged.
@@ -39,4 +49,4 @@ def saved_bytes(fn: Callable[[], T], exclude: Sequence[torch.Tensor] = ()) -> Tu
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
-    return total, out
+    return total, by, out

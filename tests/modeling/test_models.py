@@ -226,3 +226,16 @@ def test_training_batch_without_any_thing():
     _, losses, _ = train_step(cfg, batch)
     assert all(torch.isfinite(v) for v in losses.values()), losses
     assert float(losses["loss_penalty/roi_heads.mask_head"]) == 0.0
+
+
+def test_backward_and_implicit_step_keys_reach_every_block():
+    cfg = load_config("COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml", TINY + [
+        "MODEL.CRBP.BACKWARD.SOLVER", "bicgstab", "MODEL.CRBP.BACKWARD.MAX_VJPS", 7, "MODEL.CRBP.BACKWARD.RESTART", 3,
+        "MODEL.CRBP.BACKWARD.GROWTH_BOUND", 1e3, "MODEL.CRBP.BACKWARD.DIVERGENCE_WINDOW", 9,
+        "MODEL.CRBP.IMPLICIT_STEP", "recorded", "MODEL.CRBP.TOL", 1e-3])
+    blocks = recurrent_blocks(build_model(cfg))
+    assert len(blocks) == 5  # the mask head and four FPN levels
+    for block in blocks.values():
+        b = block.backward_config
+        assert (b.solver, b.max_vjps, b.restart, b.growth_bound, b.window) == ("bicgstab", 7, 3, 1e3, 9)
+        assert block.implicit_step == "recorded" and block.tol == 1e-3
