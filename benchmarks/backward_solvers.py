@@ -6,9 +6,10 @@
 Cells (float64, sizes at which the exact gradient is a dense solve):
   pathfinder_init     `HGRUCell.pathfinder(25, 7)` (BatchNorm, batch statistics) on x [1, 25, 10, 10]
   mask_head_init      `HGRUCell.coco(256)` (GALA, GroupNorm 32) on x [1, 256, 3, 3] (the COCO cell)
-  demo_mask_head_init the demo config's mask-head cell (32 channels, GroupNorm 8), fresh
-                      initialisation, on the RoI features of a demo validation image [1, 32, 14, 14]
-  demo_mask_head_trained  the same cell with the weights of a trained demo checkpoint (--demo-weights)
+  demo_mask_head_trained  the demo config's mask-head cell (32 channels, GroupNorm 8) with the
+                      weights of a trained demo checkpoint (--demo-weights), on the features of the
+                      first RoI its model finds in the demo validation set [1, 32, 14, 14]
+  demo_mask_head_init the same cell as initialised (seed 0), on the same RoI features
 For each: h* to a relative residual of 1e-12 and the exact gradient of L = sum(readout * h*) w.r.t.
 (weights, x) from the dense Jacobian (benchmarks.exact_gradient.exact_implicit_gradient); then every solver
 with budgets of K VJPs (tolerance 0: it uses them all unless it converges) and the relative error
@@ -36,11 +37,13 @@ from .timing import median
 TARGETS = (1e-3, 1e-6)
 SOLVERS = {  # label -> BackwardConfig overrides
     "neumann": dict(solver="neumann"),
+    "gmres (restart 5)": dict(solver="gmres", restart=5),
+    "gmres (restart 10)": dict(solver="gmres", restart=10),
     "gmres (restart 20)": dict(solver="gmres", restart=20),
     "gmres (no restart)": dict(solver="gmres", restart=100000),
     "bicgstab": dict(solver="bicgstab"),
 }
-CELLS = ("pathfinder_init", "mask_head_init", "demo_mask_head_init", "demo_mask_head_trained")
+CELLS = ("pathfinder_init", "mask_head_init", "demo_mask_head_trained", "demo_mask_head_init")
 DEMO_CONFIG = "demo/panoptic_crbp_demo.yaml"
 
 
@@ -50,21 +53,27 @@ def _seeded(shape, seed, kind="rand"):
     return (torch.rand if kind == "rand" else torch.randn)(shape, generator=gen, dtype=torch.float64)
 
 
-def demo_roi_features(weights: Optional[str]):
-    """(the demo model's mask-head cell, one RoI's features from a demo validation image)."""
+def demo_model(weights: Optional[str]):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
     from crbp_detectron.config import load_config
-    from crbp_detectron.data.demo import register_demo_datasets
-    from crbp_detectron.engine import Trainer
 
-    register_demo_datasets(progress=False)
     cfg = load_config(DEMO_CONFIG, ["MODEL.WEIGHTS", weights or ""])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if weights:
         DetectionCheckpointer(model).load(weights)
+    return model, cfg
+
+
+def demo_roi_features(weights: str):
+    """(the trained demo model's mask-head cell, one RoI's features from a demo validation image)."""
+    from crbp_detectron.data.demo import register_demo_datasets
+    from crbp_detectron.engine import Trainer
+
+    register_demo_datasets(progress=False)
+    model, cfg = demo_model(weights)
     block = model.roi_heads.mask_head.recurrence
     captured = []
     handle = block.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
@@ -85,9 +94,11 @@ def make_problem(name: str, weights: Optional[str]):
         torch.manual_seed(0)
         cell, x = HGRUCell.coco(256, 3), _seeded((1, 256, 3, 3), 1)
     elif name in ("demo_mask_head_init", "demo_mask_head_trained"):
-        if name.endswith("trained") and not weights:
-            raise SystemExit("demo_mask_head_trained needs --demo-weights (a trained demo checkpoint)")
-        cell, x = demo_roi_features(weights if name.endswith("trained") else None)
+        if not weights:
+            raise SystemExit(f"{name} needs --demo-weights (a trained demo checkpoint: its RoI features)")
+        cell, x = demo_roi_features(weights)
+        if name.endswith("init"):  # the same RoI features, the cell as initialised
+            cell = demo_model(None)[0].roi_heads.mask_head.recurrence.cell
     else:
         raise ValueError(name)
     cell = cell.double().train()
@@ -217,7 +228,8 @@ def plot(out_dir, results):
         path = os.path.join(out_dir, f"backward_solvers_{name}.png")
         with saved_figure(path, f"backward solvers: {name}", "VJPs (budget)", "gradient rel. error") as ax:
             for label, points in curves.items():
-                ax.plot(list(points), list(points.values()), marker=".", label=label)
+                kept = {b: e for b, e in points.items() if e == e and e > 0}  # log axes: finite, positive
+                ax.plot(list(kept), list(kept.values()), marker=".", label=label)
             ax.set_xscale("log")
             ax.set_yscale("log")
 

@@ -6,10 +6,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-OUR_METHODS = ("bptt", "crbp", "rbp", "cbptt")
+OUR_METHODS = ("bptt", "crbp", "rbp", "cbptt", "crbp_recorded")
 TORCHDEQ_METHODS = ("torchdeq_ift", "torchdeq_hook_ift", "torchdeq_phantom")
 ALL_METHODS = OUR_METHODS + TORCHDEQ_METHODS
-PENALIZED = ("crbp", "cbptt")  # trained with the LCP; bptt and rbp run without a penalty
+PENALIZED = ("crbp", "cbptt", "crbp_recorded")  # trained with the LCP; bptt and rbp run without a penalty
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ def method_description(settings: MethodSettings) -> List[str]:
         f"a graph = N cell evaluations, the same output h_N as ours; backward: {k + 1} fixed-point "
         f"iterations y <- yJ + g from 0 = the same {k + 1}-term Neumann sum. Its autograd.Function "
         "recomputes the step in backward at h_N = f(h_{N-1}) and takes J there (ours: at h_{N-1}).",
+        "`crbp_recorded`: crbp with `implicit_step='recorded'`: the step at h* and the LCP's double-backward "
+        "graph are kept from the forward to the backward instead of being recomputed there (same gradient).",
         "`torchdeq_hook_ift`: the same with `hook_ift=True` (a tensor hook instead of the Function; "
         "J at h_{N-1}, as ours: identical gradient up to rounding).",
         f"`torchdeq_phantom`: `get_deq(core='indexing', grad={settings.phantom_steps}, tau=1.0, "
@@ -79,8 +81,9 @@ class _OurMethod:
     def __init__(self, name, cell, steps, settings):
         from crbp_detectron.crbp import Recurrence
 
+        mode, _, implicit_step = name.partition("_")  # "crbp_recorded": crbp, the recorded step
         self.block = Recurrence(
-            cell, mode=name, steps=steps, backward_solver="neumann",
+            cell, mode=mode, steps=steps, backward_solver="neumann", implicit_step=implicit_step or "recompute",
             backward_max_vjps=settings.neumann_steps + 1, backward_tol=0.0,
             penalty="lcp" if name in PENALIZED else "none", lcp_lambda=settings.lcp_lambda,
             penalty_reduction="mean", penalty_weight=1.0)

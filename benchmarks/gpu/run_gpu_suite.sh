@@ -9,10 +9,11 @@
 #
 #   OUT=$OUT bash benchmarks/gpu/run_gpu_suite.sh
 #
-# Writes 8 files into ${OUT:-benchmarks/results}: core_memory.{md,png} and
-# recurrence_{pathfinder,mask_head,fpn}.{md,png} (fpn only if Detectron2's wheels were shipped
-# and the model builds). Each stage has its own time limit so the suite ends within 8 minutes
-# even if one of them hangs; the log goes to stdout.
+# Writes into ${OUT:-benchmarks/results}: core_memory.{md,png},
+# recurrence_{pathfinder,mask_head,fpn}.{md,png} and model_cost.md + model_cost_{train,infer}.png
+# (fpn and model_cost only if Detectron2's wheels were shipped and the model builds). Each stage
+# has its own time limit so the suite ends within 8 minutes even if one of them hangs; the log
+# goes to stdout.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
@@ -63,13 +64,19 @@ run_stage() {  # run_stage LIMIT_S NAME ARGS...: one benchmark, killed past its 
   return 0
 }
 
-# Budget (s): install ~20, core 50, pathfinder 100, mask_head 140, fpn 150 = 460 < 480.
-run_stage 50 core_memory -m benchmarks.core_memory --device cuda --repeats 5 --out "$OUT"
-run_stage 100 pathfinder -m benchmarks.recurrence --device cuda --workloads pathfinder --repeats 5 \
+# Budget (s): install ~20, core 40, pathfinder 80, mask_head 110, fpn 110, model_cost 100 = 460 < 480.
+run_stage 40 core_memory -m benchmarks.core_memory --device cuda --repeats 5 --out "$OUT"
+run_stage 80 pathfinder -m benchmarks.recurrence --device cuda --workloads pathfinder --repeats 5 \
     --grad-device cpu --out "$OUT"
-run_stage 140 mask_head -m benchmarks.recurrence --device cuda --workloads mask_head --repeats 5 \
+run_stage 110 mask_head -m benchmarks.recurrence --device cuda --workloads mask_head --repeats 5 \
     --grad-device cpu --out "$OUT"
-run_stage 150 fpn -m benchmarks.recurrence --device cuda --workloads fpn --repeats 2 --out "$OUT"
+run_stage 110 fpn -m benchmarks.recurrence --device cuda --workloads fpn --repeats 2 --out "$OUT"
+# The whole Panoptic FPN R-50 (needs the Detectron2 wheels): training memory at 32 and 128 RoIs
+# (CUDA max_memory_allocated and saved bytes), inference FLOPs and time at 100 detections,
+# 800x1333. Its table is rewritten after every RoI count / detection count.
+run_stage 100 model_cost -m benchmarks.model_cost --device cuda --rois 32 128 --train-configs \
+    "feed-forward (model zoo)" crbp-5 crbp-20 crbp-40 "crbp-20 (recorded step)" bptt-20 \
+    "crbp-20 + recurrent FPN" --sizes 800x1333 --detections 100 --repeats 3 --out "$OUT"
 
 echo "== [$(elapsed) s] done; files in $OUT:"
 ls -l "$OUT"

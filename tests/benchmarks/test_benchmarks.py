@@ -111,3 +111,25 @@ def test_markdown_formatting():
     lines = md.splitlines()
     assert re.fullmatch(r"\|-+\|-+\|", lines[1])  # GitHub table: header, separator, rows
     assert table_rows(md, ["a", "x", "y", "z"]) == [["a", "b"], ["x", "1.5"], ["y", "–"], ["z", "1.000e-05"]]
+
+
+def test_model_cost_tiny(tmp_path):
+    """The whole-model benchmark's code paths on small images: the RoI and detection counts are
+    forced, the recompute step keeps less than the recorded one, the recurrent head costs FLOPs."""
+    from benchmarks import model_cost
+
+    ff, crbp, recorded = "feed-forward (model zoo)", "crbp-5", "crbp-5 (recorded step)"
+    results = model_cost.main([
+        "--workloads", "train", "infer", "--rois", "4", "--train-size", "64", "--train-configs", crbp, recorded,
+        "--sizes", "128x128", "--detections", "5", "--infer-configs", ff, "recurrent, 5 steps", "--repeats", "1",
+        "--threads", "1", "--out", str(tmp_path)])
+    train = results["train"][4]
+    assert all(train[name]["rois_seen"] == [4] for name in (crbp, recorded)), train
+    assert train[crbp]["saved_bytes"] < train[recorded]["saved_bytes"]
+    assert train[crbp]["saved_by_module"]["roi_heads.mask_head"] < train[recorded]["saved_by_module"]["roi_heads.mask_head"]
+    infer = results["infer"][(128, 128)][5]
+    assert infer[ff]["rois_seen"] == [5] and infer["recurrent, 5 steps"]["rois_seen"] == [5]
+    assert infer["recurrent, 5 steps"]["mask_head_flops"] > infer[ff]["mask_head_flops"] > 0
+    md = (tmp_path / "model_cost.md").read_text()
+    assert "python -m benchmarks.model_cost --workloads train infer" in md and "### Inference, 128x128" in md
+    assert (tmp_path / "model_cost_infer.png").stat().st_size > 0
