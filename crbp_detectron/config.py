@@ -14,8 +14,8 @@ import yaml
 from detectron2.config import CfgNode as _D2CfgNode
 from detectron2.config import get_cfg as _d2_get_cfg
 
-from .crbp.cells import EXCITATIONS, GATES, NONLINEARITIES
 from .crbp.backward_solvers import BACKWARD_SOLVERS
+from .crbp.cells import EXCITATIONS, GATES, NONLINEARITIES, UPDATE_GATE_INITS
 from .crbp.penalties import PENALTIES, REDUCTIONS
 from .crbp.recurrence import IMPLICIT_STEPS, MODES
 
@@ -62,8 +62,13 @@ def add_crbp_config(cfg):
     _C.MODEL.CRBP.MAX_CONSECUTIVE_DIVERGENCES = 0
     _C.MODEL.CRBP.PENALTY = "lcp"  # lcp | jacobian_frobenius | none
     _C.MODEL.CRBP.LCP_LAMBDA = 0.95
+    _C.MODEL.CRBP.LCP_ABSOLUTE = False  # penalise |1^T J| instead of the signed column sums
     _C.MODEL.CRBP.PENALTY_REDUCTION = "sum"  # sum | mean over state elements
     _C.MODEL.CRBP.PENALTY_WEIGHT = 0.001
+    # Penalty schedule: weight 0 for PENALTY_WARMUP_DELAY iterations, then a linear ramp to
+    # PENALTY_WEIGHT over PENALTY_WARMUP_ITERS (both 0: the full weight from the start).
+    _C.MODEL.CRBP.PENALTY_WARMUP_DELAY = 0
+    _C.MODEL.CRBP.PENALTY_WARMUP_ITERS = 0
     _C.MODEL.CRBP.HUTCHINSON_SAMPLES = 1
 
     _C.MODEL.CRBP.CELL = CN()
@@ -76,6 +81,7 @@ def add_crbp_config(cfg):
     _C.MODEL.CRBP.CELL.INHIBITION_ETA = False  # COCO cell: h1 = eta(x - c1 (alpha h + mu))
     _C.MODEL.CRBP.CELL.EXCITATION = "simple"  # simple: h~ = eta(c2); full: eta(k h1 + g c2 + w h1 c2)
     _C.MODEL.CRBP.CELL.OUTPUT_ETA = False
+    _C.MODEL.CRBP.CELL.UPDATE_GATE_INIT = "chrono"  # chrono (slow gates, g ~ 1/STEPS) | neutral (g = 1/2)
 
     _C.MODEL.CRBP.MASK_HEAD = CN()
     _C.MODEL.CRBP.MASK_HEAD.OUTPUT_NORM = "BN"  # norm after the cell (the paper: SyncBN)
@@ -274,6 +280,10 @@ def validate_crbp_config(cfg):
               "C-RBP gradient is not valid)")
     _check_choice(c, "PENALTY_REDUCTION", REDUCTIONS, p)
     _check_number(c, "PENALTY_WEIGHT", p, low=0)
+    if not isinstance(c.LCP_ABSOLUTE, bool):
+        _fail(p + "LCP_ABSOLUTE", c.LCP_ABSOLUTE, "must be true or false")
+    _check_number(c, "PENALTY_WARMUP_DELAY", p, low=0, integer=True)
+    _check_number(c, "PENALTY_WARMUP_ITERS", p, low=0, integer=True)
     _check_number(c, "HUTCHINSON_SAMPLES", p, low=1, integer=True)
     cell, pc = c.CELL, p + "CELL."
     _check_choice(cell, "TYPE", CELL_TYPES, pc)
@@ -285,6 +295,7 @@ def validate_crbp_config(cfg):
     _check_choice(cell, "GATE", GATES, pc)
     _check_choice(cell, "NONLINEARITY", tuple(NONLINEARITIES), pc)
     _check_choice(cell, "EXCITATION", EXCITATIONS, pc)
+    _check_choice(cell, "UPDATE_GATE_INIT", UPDATE_GATE_INITS, pc)
     for key in ("INHIBITION_ETA", "OUTPUT_ETA"):
         if not isinstance(getattr(cell, key), bool):
             _fail(pc + key, getattr(cell, key), "must be true or false")

@@ -17,6 +17,7 @@ from detectron2.evaluation import (COCOEvaluator, COCOPanopticEvaluator, Dataset
 from .checkpoint import Checkpointer
 from .config import load_config, resolve_config_file
 from .data.stream import build_resumable_train_loader
+from .penalty_schedule import PenaltyScheduleHook
 from .preemption import Preempted, PreemptionHook, ignore_termination_in_worker  # noqa: F401  (Preempted: API)
 from .train_step import GradientGuard, GuardedTrainer
 from .training_state import TrainingStateHook
@@ -146,7 +147,9 @@ class Trainer(DefaultTrainer):
         self._preemption_hook = PreemptionHook(before_checkpoint=self._state_hook.gather)
         # Preemption last: its checkpoint is taken after the LR scheduler has stepped, like the
         # periodic one, so a resumed run continues the same schedule.
-        return [self._state_hook] + super().build_hooks() + [self._preemption_hook, ReplicaConsistencyHook()]
+        schedule = PenaltyScheduleHook.from_config(self.cfg)
+        return ([self._state_hook] + ([schedule] if schedule else []) + super().build_hooks()
+                + [self._preemption_hook, ReplicaConsistencyHook()])
 
     def build_writers(self):
         writers = super().build_writers()

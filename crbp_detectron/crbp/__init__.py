@@ -2,9 +2,9 @@
 nothing here imports Detectron2."""
 from .backward import ImplicitStep, attach_rbp_gradient, implicit_step
 from .backward_solvers import BACKWARD_SOLVERS, BackwardConfig, register_backward_solver, solve_backward
-from .cells import ConvGRUCell, GALAGate, HGRUCell
-from .collect import (BlockSummary, block_name, collect_recurrence, penalty_losses,
-                      recurrent_blocks, summary_scalars)
+from .cells import UPDATE_GATE_INITS, ConvGRUCell, GALAGate, HGRUCell
+from .collect import (BlockSummary, block_name, collect_recurrence, penalty_losses, penalty_schedule_scale,
+                      recurrent_blocks, set_penalty_scale, summary_scalars)
 from .penalties import PENALTIES, jacobian_frobenius_penalty, lipschitz_penalty
 from .recurrence import IMPLICIT_STEPS, MODES, PENALIZED_MODES, Recurrence, RecurrenceRecord
 from .solver import IterationResult, iterate, relative_residual, samples_independent

@@ -23,6 +23,10 @@ NORMS = ("batch", "group", "none")
 NONLINEARITIES = {"softplus": F.softplus, "relu": F.relu, "tanh": torch.tanh}
 EXCITATIONS = ("full", "simple")
 GATES = ("conv", "gala")
+# Initial bias of the update (mix) gate g2: "chrono" = -log U(1, T-1), slow gates g2 in [1/T, 1/2]
+# (Tallec & Ollivier); "neutral" = 0, g2 = 1/2. A slow gate puts the Jacobian's column sums near
+# 1 - g2 ~ 1 before anything is learned, where the LCP (lambda < 1) is already active.
+UPDATE_GATE_INITS = ("chrono", "neutral")
 
 
 def chrono_init_(bias: torch.Tensor, timesteps: int, sign: float = 1.0) -> torch.Tensor:
@@ -85,8 +89,11 @@ class HGRUCell(nn.Module):
         excitation: str = "full",
         output_eta: bool = False,
         timesteps: int = 8,
+        update_gate_init: str = "chrono",
     ):
         super().__init__()
+        if update_gate_init not in UPDATE_GATE_INITS:
+            raise ValueError(f"update_gate_init must be one of {UPDATE_GATE_INITS}, got {update_gate_init!r}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         if nonlinearity not in NONLINEARITIES:
@@ -114,13 +121,15 @@ class HGRUCell(nn.Module):
             self.kappa = nn.Parameter(torch.full((channels,), 0.5))
             self.gamma = nn.Parameter(torch.ones(channels))
             self.omega = nn.Parameter(torch.full((channels,), 0.5))
+        self.update_gate_init = update_gate_init
         self.reset_parameters(timesteps)
 
     @classmethod
-    def pathfinder(cls, channels: int = 25, kernel_size: int = 7, timesteps: int = 20, norm: str = "batch"):
+    def pathfinder(cls, channels: int = 25, kernel_size: int = 7, timesteps: int = 20, norm: str = "batch",
+                   update_gate_init: str = "chrono"):
         """The Pathfinder cell: 1x1 gate, full excitation, inner and output softplus."""
         return cls(channels, kernel_size, gate="conv", norm=norm, inhibition_eta=True,
-                   excitation="full", output_eta=True, timesteps=timesteps)
+                   excitation="full", output_eta=True, timesteps=timesteps, update_gate_init=update_gate_init)
 
     @classmethod
     def coco(cls, channels: int = 256, kernel_size: int = 3, timesteps: int = 20, norm: str = "group",
@@ -134,9 +143,13 @@ class HGRUCell(nn.Module):
             nn.init.orthogonal_(conv.weight)
         for conv in (self.mix_gate,) + ((self.inhibition_gate,) if isinstance(self.inhibition_gate, nn.Conv2d) else ()):
             nn.init.xavier_uniform_(conv.weight)
-        # Gates start slow (g2 ~ 1/T) and open (g1 large), as chrono init intends.
+        # The inhibition gate starts open (g1 large), as chrono init intends; the update gate slow
+        # (g2 ~ 1/T, chrono) or half open (neutral).
         chrono_init_(self.inhibition_gate.bias, timesteps, sign=1.0)
-        chrono_init_(self.mix_gate.bias, timesteps, sign=-1.0)
+        if self.update_gate_init == "chrono":
+            chrono_init_(self.mix_gate.bias, timesteps, sign=-1.0)
+        else:
+            nn.init.zeros_(self.mix_gate.bias)
 
     @staticmethod
     def _per_channel(p):

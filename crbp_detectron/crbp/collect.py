@@ -43,6 +43,24 @@ def recurrent_blocks(model: nn.Module) -> Dict[str, Recurrence]:
     return blocks
 
 
+def penalty_schedule_scale(iteration: int, warmup_iters: int, delay_iters: int = 0) -> float:
+    """The penalty's scale at `iteration` of a warm-up schedule: 0 for the first `delay_iters`
+    iterations, then a linear ramp to 1 over `warmup_iters` (1 throughout when both are 0)."""
+    if iteration < delay_iters:
+        return 0.0
+    if warmup_iters <= 0:
+        return 1.0
+    return min(1.0, (iteration - delay_iters + 1) / warmup_iters)
+
+
+def set_penalty_scale(model: nn.Module, scale: float) -> Dict[str, Recurrence]:
+    """Sets the penalty scale of every recurrent block in `model` (a penalty schedule's step)."""
+    blocks = recurrent_blocks(model)
+    for block in blocks.values():
+        block.penalty_scale = float(scale)
+    return blocks
+
+
 def collect_recurrence(model: nn.Module) -> Dict[str, BlockSummary]:
     """Takes the records every recurrent block left since the last call, wherever it sits.
 

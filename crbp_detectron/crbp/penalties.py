@@ -24,16 +24,18 @@ def lipschitz_penalty(
     lam: float = 0.9,
     reduction: str = "mean",
     create_graph: bool = True,
+    absolute: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """LCP for h_next = f(x, h_in). Returns (penalty, column sums 1^T J shaped like h_in).
 
     With create_graph=True the penalty is differentiable (a second-order term that trains the
-    weights); otherwise it is a detached value for logging.
+    weights); otherwise it is a detached value for logging. `absolute` penalises |1^T J| - lambda
+    (a column whose entries sum to a large negative number is not contractive either).
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"LCP reduction must be one of {REDUCTIONS}, got {reduction!r}")
     column_sums = _vjp(h_next, h_in, torch.ones_like(h_next), create_graph)
-    excess = torch.relu(column_sums - lam) ** 2
+    excess = torch.relu((column_sums.abs() if absolute else column_sums) - lam) ** 2
     # An empty state (e.g. a mask head on zero RoIs) has no excess: 0, not the NaN of an empty mean.
     penalty = excess.mean() if reduction == "mean" and excess.numel() else excess.sum()
     return penalty, column_sums

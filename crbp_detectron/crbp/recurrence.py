@@ -68,7 +68,12 @@ class Recurrence(nn.Module):
         implicit_step: "recompute" or "recorded" (how the step at h* is kept for the backward).
         penalty: "lcp", "jacobian_frobenius" or "none".
         lcp_lambda: the LCP's target lambda; penalty_reduction: "mean" or "sum" over elements.
-        penalty_weight: the penalty's weight in the loss (the record's `loss` is weight x penalty).
+        lcp_absolute: penalise |1^T J| instead of the signed column sums 1^T J (large negative
+            sums count too).
+        penalty_weight: the penalty's weight in the loss. The record's `loss` is
+            weight x `penalty_scale` x penalty; `penalty_scale` (1 by default) is what a penalty
+            schedule changes during training (`collect.set_penalty_scale`); at scale 0 the
+            penalty is computed for the statistics only, without its double-backward graph.
         hutchinson_samples: random vectors for the Jacobian Frobenius estimate.
         record_trace: keep each step's residual in the stats (costs a norm per step).
     """
@@ -91,6 +96,7 @@ class Recurrence(nn.Module):
         penalty: str = "lcp",
         lcp_lambda: float = 0.9,
         penalty_reduction: str = "mean",
+        lcp_absolute: bool = False,
         penalty_weight: float = 1.0,
         hutchinson_samples: int = 1,
         record_trace: bool = False,
@@ -120,7 +126,9 @@ class Recurrence(nn.Module):
         self.penalty = penalty
         self.lcp_lambda = lcp_lambda
         self.penalty_reduction = penalty_reduction
+        self.lcp_absolute = lcp_absolute
         self.penalty_weight = penalty_weight
+        self.penalty_scale = 1.0
         self.hutchinson_samples = hutchinson_samples
         self.record_trace = record_trace
         self._records: List[RecurrenceRecord] = []
@@ -143,7 +151,7 @@ class Recurrence(nn.Module):
 
         h0 is a constant initial condition: no gradient flows into it, in any mode.
         """
-        h = self._initial_state(x) if h0 is None else h0.detach()
+        h = self.initial_state(x) if h0 is None else h0.detach()
         trace = [] if self.record_trace else None
         grad = torch.is_grad_enabled()
         steps = self.steps if self.training else self._eval_steps
@@ -164,7 +172,8 @@ class Recurrence(nn.Module):
     def _eval_steps(self):
         return self.steps if self.test_steps is None else self.test_steps
 
-    def _initial_state(self, x):
+    def initial_state(self, x):
+        """h0 for drive x: the cell's `initial_state(x)` if it has one, else zeros like x."""
         init = getattr(self.cell, "initial_state", None)
         return init(x) if callable(init) else torch.zeros_like(x)
 
@@ -184,7 +193,7 @@ class Recurrence(nn.Module):
         run = iterate(self.cell, x, h, steps - 1, self.tol, trace)
         stats = self._stats(run, trace, extra_steps=1)
         penalised = with_penalty and self.penalty != "none"
-        differentiable = penalised and self.mode in PENALIZED_MODES
+        differentiable = penalised and self._penalty_trains
         penalty_fn = self._penalty_fn(stats) if penalised else None
         h_star = run.h.detach()
         if self.implicit_step == "recompute":
@@ -200,7 +209,7 @@ class Recurrence(nn.Module):
         stats.residual = float(relative_residual(h_next.detach(), h_star.detach()))
         if trace is not None:
             trace.append(stats.residual)
-        return h_next, stats, self.penalty_weight * value if differentiable else None
+        return h_next, stats, self._penalty_loss(value) if differentiable else None
 
     def _unrolled(self, x, h, trace):
         """BPTT: every step recorded."""
@@ -220,10 +229,19 @@ class Recurrence(nn.Module):
                                 converged=self.tol > 0 and residual < self.tol, residual_trace=trace)
         loss = None
         if self.penalty != "none":
-            differentiable = self.mode in PENALIZED_MODES
+            differentiable = self._penalty_trains
             value = self._penalty_fn(stats)(h, h_prev, differentiable)
-            loss = self.penalty_weight * value if differentiable else None
+            loss = self._penalty_loss(value) if differentiable else None
         return h, stats, loss
+
+    @property
+    def _penalty_trains(self) -> bool:
+        """Whether the penalty is part of the loss (differentiable): a penalised mode, scale > 0.
+        Otherwise it is computed for the statistics only, without its double-backward graph."""
+        return self.mode in PENALIZED_MODES and self.penalty_scale > 0
+
+    def _penalty_loss(self, value):
+        return self.penalty_weight * self.penalty_scale * value
 
     def _penalty_fn(self, stats: RecurrenceStats):
         """penalty(h_next, h_in, create_graph) -> the unweighted penalty; fills the stats. The one
@@ -231,7 +249,8 @@ class Recurrence(nn.Module):
         def penalty(h_next, h_in, create_graph):
             if self.penalty == "lcp":
                 value, column_sums = lipschitz_penalty(
-                    h_next, h_in, self.lcp_lambda, self.penalty_reduction, create_graph=create_graph)
+                    h_next, h_in, self.lcp_lambda, self.penalty_reduction, create_graph=create_graph,
+                    absolute=self.lcp_absolute)
                 if column_sums.numel():
                     stats.max_column_sum = float(column_sums.detach().max())
             else:

@@ -16,6 +16,7 @@ def recurrence_kwargs_from_cfg(cfg) -> dict:
         implicit_step=c.IMPLICIT_STEP, backward_solver=b.SOLVER, backward_max_vjps=b.MAX_VJPS,
         backward_tol=b.TOL, backward_restart=b.RESTART, divergence_window=b.DIVERGENCE_WINDOW,
         divergence_growth_bound=b.GROWTH_BOUND, penalty=c.PENALTY, lcp_lambda=c.LCP_LAMBDA,
+        lcp_absolute=c.LCP_ABSOLUTE,
         penalty_reduction=c.PENALTY_REDUCTION, penalty_weight=c.PENALTY_WEIGHT,
         hutchinson_samples=c.HUTCHINSON_SAMPLES,
     )
@@ -28,20 +29,22 @@ def cell_kwargs_from_cfg(cfg) -> dict:
         cell_type=c.TYPE, kernel_size=c.KERNEL_SIZE, norm=c.NORM, num_groups=c.NUM_GROUPS,
         gate=c.GATE, nonlinearity=c.NONLINEARITY, inhibition_eta=c.INHIBITION_ETA,
         excitation=c.EXCITATION, output_eta=c.OUTPUT_ETA, timesteps=cfg.MODEL.CRBP.STEPS,
+        update_gate_init=c.UPDATE_GATE_INIT,
     )
 
 
 def build_cell(channels: int, *, cell_type: str = "hgru", kernel_size: int = 3, norm: str = "GN",
                num_groups: int = 32, gate: str = "gala", nonlinearity: str = "softplus",
                inhibition_eta: bool = False, excitation: str = "simple", output_eta: bool = False,
-               timesteps: int = 20) -> nn.Module:
+               timesteps: int = 20, update_gate_init: str = "chrono") -> nn.Module:
     """A cell whose state and drive both have `channels` channels (defaults: the COCO hGRU)."""
     if norm not in _NORMS:
         raise ValueError(f"cell norm must be one of {tuple(_NORMS)}, got {norm!r}")
     if cell_type == "hgru":
         return HGRUCell(channels, kernel_size, gate=gate, norm=_NORMS[norm], num_groups=num_groups,
                         nonlinearity=nonlinearity, inhibition_eta=inhibition_eta,
-                        excitation=excitation, output_eta=output_eta, timesteps=timesteps)
+                        excitation=excitation, output_eta=output_eta, timesteps=timesteps,
+                        update_gate_init=update_gate_init)
     if cell_type == "convgru":
         return ConvGRUCell(channels, channels, kernel_size, timesteps=timesteps)
     raise ValueError(f"cell type must be 'hgru' or 'convgru', got {cell_type!r}")
