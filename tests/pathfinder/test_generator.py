@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from crbp_detectron.data.pathfinder import (PathfinderConfig, PathfinderDataset, generate_dataset,
-                                            generate_sample, preview_dataset, segment_distance)
+                                            generate_sample, preview_dataset)
+from crbp_detectron.data.pathfinder.geometry import segment_distance
 
 SMALL = dict(size=32, paddle_length=2.5, gap=2.0, paddle_width=1.0, distractors=3, distractor_length=4,
              marker_radius=1.25, continuity=40.0, clearance=1.5)
@@ -155,3 +156,25 @@ def test_long_distractors_have_the_target_length():
         assert paddles == [5, 5, 3, 3]
     with pytest.raises(ValueError):
         PathfinderConfig(distractors=1, long_distractors=2)
+
+
+def test_processes_asking_for_the_same_set_at_once_get_one_intact_set(tmp_path):
+    """Runs started together share their data: one generates, the others wait for it."""
+    import functools
+    from multiprocessing import get_context
+
+    import torch
+
+    from crbp_detectron.data.pathfinder import ensure_dataset
+
+    cfg = PathfinderConfig(length=3, **SMALL)
+    folder = str(tmp_path / "shared")
+    with get_context("fork").Pool(3) as pool:
+        manifests = pool.starmap(functools.partial(ensure_dataset, workers=1, progress=False),
+                                 [(folder, cfg, 40, 7)] * 3)
+    assert len({m["stats"]["seconds"] for m in manifests}) == 1  # generated once
+    images, masks = PathfinderDataset(folder).tensors()
+    reference = str(tmp_path / "alone")
+    generate_dataset(reference, cfg, 40, seed=7, workers=1, progress=False)
+    ref_images, ref_masks = PathfinderDataset(reference).tensors()
+    assert torch.equal(images, ref_images) and torch.equal(masks, ref_masks)
