@@ -1,44 +1,62 @@
 #!/usr/bin/env python
-"""Train and evaluate one Pathfinder model from a plain YAML config.
+"""Train and evaluate a Pathfinder (contour tracing) model on the project's Detectron2 engine.
 
-    python tools/train_pathfinder.py --config configs/pathfinder/crbp.yaml
-    python tools/train_pathfinder.py --config configs/pathfinder/bptt.yaml train.iterations=50
-    python tools/train_pathfinder.py --config configs/pathfinder/crbp.yaml --eval-only \
-        model.mode=bptt eval.test_steps=40       # a C-RBP checkpoint evaluated as BPTT, 40 steps
+    python tools/train_pathfinder.py --config-file pathfinder/crbp.yaml
+    python tools/train_pathfinder.py --config-file pathfinder/bptt.yaml SOLVER.MAX_ITER 100 OUTPUT_DIR out/bptt
+    python tools/train_pathfinder.py --config-file pathfinder/crbp.yaml --eval-only \
+        MODEL.WEIGHTS out/crbp/model_final.pth MODEL.CRBP.TEST_STEPS 40
 
-Trailing `key.sub=value` arguments override the config (values parsed as YAML). The run folder
-(`output_dir`) gets config.json, log.jsonl (loss, penalty and the C-RBP statistics of
-`collect_recurrence` / `summary_scalars`), checkpoint.pth (rerunning resumes from it) and
-results.json (IoU / F1 / balanced accuracy per contour length on pooled pixel counts, and the
-IoU-versus-test-steps sweep). Data are generated on first use and cached under `data.root`.
+Configs are Detectron2 configs (`_BASE_` chains, trailing KEY VALUE overrides): MODEL.CRBP for the
+recurrent block, PATHFINDER.* for the data and model, SOLVER.* for training. OUTPUT_DIR gets
+Detectron2's metrics.json, checkpoints (--resume continues; SIGTERM/SIGINT checkpoints and exits
+with 128 + the signal) and results.json: IoU / F1 / precision / recall / balanced accuracy per
+contour length, IoU against test-time steps, training memory, the learning curve. Data are
+generated on first use and cached (PATHFINDER.DATA.ROOT, or $CRBP_PATHFINDER_DIR, or
+~/.cache/crbp_detectron/pathfinder).
 """
-import argparse
-import json
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spin-wait thrash on shared CPUs
+
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser
 
-from crbp_detectron.pathfinder.runner import load_config, run  # noqa: E402
+import crbp_detectron  # noqa: F401  (registers the components)
+from crbp_detectron.engine import Preempted, launch_from_args
+from crbp_detectron.pathfinder.engine import PathfinderTrainer, final_report, setup
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--eval-only", action="store_true", help="evaluate the run folder's checkpoint")
-    p.add_argument("--output-dir", help="overrides output_dir")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if args.output_dir:
-        cfg["output_dir"] = args.output_dir
-    results = run(cfg, evaluate_only=args.eval_only)
-    print(json.dumps({"name": results["name"], "status": results.get("status"),
-                      "parameters": results["parameters"], "train": results.get("train"),
-                      "test_steps": results.get("test_steps"),
-                      "iou": {k: round(v["iou"], 4) for k, v in results.get("test", {}).items()}}, indent=1))
-    return results
+def main(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = setup(args)
+    if args.eval_only:
+        model = PathfinderTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return final_report(cfg, model)
+    trainer = PathfinderTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    try:
+        trainer.train()
+    except Preempted as e:
+        print(f"Preempted: {e}", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
+    except FloatingPointError as e:
+        # The guarded step stopped a diverging run before its last update: its weights are the last
+        # good ones. For an experiment that is a result (this recipe diverges), reported as such.
+        print(f"Training stopped at iteration {trainer.iter}: {e}", file=sys.stderr, flush=True)
+        return final_report(cfg, trainer.model, stopped={"iteration": trainer.iter, "reason": str(e)})
+    return final_report(cfg, trainer.model)
+
+
+def parser():
+    p = default_argument_parser()
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return p
 
 
 if __name__ == "__main__":
-    main()
+    launch_from_args(main, parser().parse_args())

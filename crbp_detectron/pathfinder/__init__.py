@@ -1,7 +1,10 @@
-"""Pathfinder (contour tracing): the hGRU and CNN models, training/evaluation, config runs.
-The data generator is `crbp_detectron.data.pathfinder`."""
-from .engine import PixelCounts, TrainConfig, evaluate, pixel_loss, saved_tensor_bytes, steps_sweep, train
-from .model import PathfinderCNN, PathfinderHGRU, build_model, count_parameters
+"""Pathfinder (contour tracing, the C-RBP paper's first experiment) on the project's Detectron2
+engine: config keys (config.py), the registered model (model.py), data registration and streams
+(data.py), metrics (evaluation.py), trainer and final report (engine.py). The data generator is
+`crbp_detectron.data.pathfinder`; the command line is tools/train_pathfinder.py; the whole
+experiment (models x seeds, tables, plots) is benchmarks/pathfinder/."""
+from .config import add_pathfinder_config, get_pathfinder_cfg, load_pathfinder_config
+from .model import PathfinderModel, count_parameters, pixel_loss
 
-__all__ = ["PathfinderCNN", "PathfinderHGRU", "PixelCounts", "TrainConfig", "build_model", "count_parameters",
-           "evaluate", "pixel_loss", "saved_tensor_bytes", "steps_sweep", "train"]
+__all__ = ["PathfinderModel", "add_pathfinder_config", "count_parameters", "get_pathfinder_cfg",
+           "load_pathfinder_config", "pixel_loss"]

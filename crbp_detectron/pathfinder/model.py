@@ -1,177 +1,185 @@
-"""Pathfinder models: the hGRU of the C-RBP paper and a feed-forward CNN baseline.
+"""The Pathfinder model, registered as Detectron2 meta-architecture `PathfinderModel`.
 
-PathfinderHGRU (facts section 2): a k x k front-end convolution whose output is squared, then
-BatchNorm, gives the drive x; one hGRU layer (`HGRUCell.pathfinder`) iterated by `Recurrence`
-from h0 = 0; the readout is Norm -> 1x1 convolution to one logit per pixel (or to two classes).
-The training mode (crbp, rbp, bptt, cbptt) and the step counts only change how the same
-weights are run, so a checkpoint trained in one mode evaluates in any other:
-`model.configure(mode="bptt", steps=6, test_steps=40)`.
+front-end (k x k conv, squared, BatchNorm: the paper's) -> body -> readout (BatchNorm, 1x1 conv to
+one logit per pixel). The body is either one recurrent cell run to equilibrium by `Recurrence`
+(PATHFINDER.MODEL.BODY "recurrent": the hGRU of the C-RBP paper, configured by MODEL.CRBP and
+MODEL.CRBP.CELL like every recurrent block of this project) or a stack of k x k conv layers
+("cnn": the feed-forward baseline, whose reach is fixed by its depth). Through
+`RecurrenceLossMixin` the recurrent block's penalty joins the loss dict and its statistics go to
+Detectron2's EventStorage, exactly as in the C-RBP Panoptic FPN.
 
-PathfinderCNN: the same front-end, then `layers` k x k convolutions (BatchNorm, ReLU), the same
-readout. No recurrence: its reach is fixed by its depth.
+The training mode and the step counts change how the same weights run, so a checkpoint trained in
+one mode evaluates in any other (MODEL.CRBP.MODE, MODEL.CRBP.TEST_STEPS).
 """
-from typing import List, Optional
+from typing import List
 
 import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from crbp_detectron.crbp import HGRUCell, Recurrence
-from crbp_detectron.crbp.recurrence import MODES
-
-TASKS = ("segmentation", "classification")
-# Norms inside the recurrent cell: "batch" uses batch statistics in training and evaluation
-# (the map iterated at test time is the trained one); "batch_running" is the usual BatchNorm
-# with running statistics in evaluation; "group", "none" as in HGRUCell.
-CELL_NORMS = ("batch", "batch_running", "group", "none")
+from ..crbp import Recurrence
+from ..modeling.blocks import build_recurrence, cell_kwargs_from_cfg, recurrence_kwargs_from_cfg
+from ..modeling.meta_arch import RecurrenceLossMixin
 
 
-class _Readout(nn.Module):
-    """Norm -> 1x1 conv to `outputs` maps; for classification the maps are max-pooled over
-    space into logits (one per class)."""
+def pixel_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "focal", alpha: float = 0.75,
+               gamma: float = 2.0) -> torch.Tensor:
+    """Class-balanced pixel loss for one-logit segmentation.
 
-    def __init__(self, channels: int, outputs: int, task: str):
+    focal: sigmoid focal loss (Lin et al. 2017), alpha weighting the positives, averaged over
+        pixels; balanced_bce: the mean BCE over positive pixels and the mean over negative pixels,
+        averaged (each class weighs one half whatever its pixel count); bce: plain mean BCE.
+    """
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if kind == "focal":
+        p = torch.sigmoid(logits)
+        p_t = p * target + (1 - p) * (1 - target)
+        a_t = alpha * target + (1 - alpha) * (1 - target)
+        return (a_t * (1 - p_t) ** gamma * bce).mean()
+    if kind == "balanced_bce":
+        pos = target.sum()
+        pos_term = (bce * target).sum() / pos.clamp_min(1)
+        neg_term = (bce * (1 - target)).sum() / (target.numel() - pos).clamp_min(1)
+        return 0.5 * (pos_term + neg_term)
+    raise ValueError(f"loss must be one of focal, balanced_bce, bce; got {kind!r}")
+
+
+class FrontEnd(nn.Module):
+    """k x k convolution (with a stride: the body then runs at 1/stride of the resolution),
+    squared, BatchNorm."""
+
+    def __init__(self, in_channels: int, channels: int, kernel_size: int, stride: int = 1):
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        self.task = task
-        self.norm = nn.BatchNorm2d(channels)
-        self.conv = nn.Conv2d(channels, outputs, 1)
-
-    def forward(self, h):
-        out = self.conv(self.norm(h))
-        if self.task == "classification":
-            out = out.amax(dim=(2, 3))
-        return out
-
-
-class _FrontEnd(nn.Module):
-    """k x k convolution, squared, BatchNorm."""
-
-    def __init__(self, in_channels: int, channels: int, kernel_size: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, channels, kernel_size, padding=kernel_size // 2)
+        self.conv = nn.Conv2d(in_channels, channels, kernel_size, stride=stride, padding=kernel_size // 2)
         self.norm = nn.BatchNorm2d(channels)
 
     def forward(self, image):
         return self.norm(self.conv(image) ** 2)
 
 
-class PathfinderHGRU(nn.Module):
-    """The Pathfinder hGRU. Output: logits [B, outputs, H, W] (segmentation) or [B, outputs]."""
+class Readout(nn.Module):
+    """One logit per image pixel from the body's state. At full resolution: BatchNorm -> 1x1
+    conv. From a strided body: the state upsampled (bilinear) and joined with a few full-resolution
+    features of the image (3x3 conv), then BatchNorm -> 1x1 conv -> ReLU -> 1x1 conv, so that the
+    coarse state says *which* path and the image says *where* its thin strokes are."""
 
-    def __init__(
-        self,
-        channels: int = 25,
-        kernel_size: int = 7,
-        front_kernel_size: int = 7,
-        in_channels: int = 1,
-        outputs: int = 1,
-        task: str = "segmentation",
-        mode: str = "crbp",
-        steps: int = 20,
-        test_steps: Optional[int] = None,
-        cell_norm: str = "batch",
-        penalty: str = "lcp",
-        lcp_lambda: float = 0.9,
-        penalty_reduction: str = "mean",
-        penalty_weight: float = 10.0,
-        neumann_steps: int = 15,
-        neumann_tol: float = 1e-4,
-        tol: float = 0.0,
-    ):
+    IMAGE_FEATURES = 4
+
+    def __init__(self, channels: int, stride: int = 1, in_channels: int = 1):
         super().__init__()
-        self.front = _FrontEnd(in_channels, channels, front_kernel_size)
-        if cell_norm not in CELL_NORMS:
-            raise ValueError(f"cell_norm must be one of {CELL_NORMS}, got {cell_norm!r}")
-        cell = HGRUCell.pathfinder(channels=channels, kernel_size=kernel_size, timesteps=steps,
-                                   norm="batch" if cell_norm.startswith("batch") else cell_norm)
-        if cell_norm == "batch":
-            # Batch statistics in training and in evaluation alike: the map iterated at test time
-            # is the one that was trained, at every step. (Running statistics are one average
-            # over all steps of the last few batches, so eval-mode steps differ from trained ones.)
-            cell.norm_inh = nn.BatchNorm2d(channels, track_running_stats=False)
-            cell.norm_exc = nn.BatchNorm2d(channels, track_running_stats=False)
-        self.recurrence = Recurrence(
-            cell, mode=mode, steps=steps, test_steps=test_steps, tol=tol, backward_max_vjps=neumann_steps,
-            backward_tol=neumann_tol, penalty=penalty, lcp_lambda=lcp_lambda,
-            penalty_reduction=penalty_reduction, penalty_weight=penalty_weight)
-        self.readout = _Readout(channels, outputs, task)
+        self.stride = stride
+        if stride == 1:
+            self.norm = nn.BatchNorm2d(channels)
+            self.conv = nn.Conv2d(channels, 1, 1)
+            return
+        self.image_features = nn.Conv2d(in_channels, self.IMAGE_FEATURES, 3, padding=1)
+        joined = channels + self.IMAGE_FEATURES
+        self.norm = nn.BatchNorm2d(joined)
+        self.hidden = nn.Conv2d(joined, channels, 1)
+        self.conv = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, h, image):
+        if self.stride == 1:
+            return self.conv(self.norm(h))
+        up = F.interpolate(h, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        joined = self.norm(torch.cat([up, self.image_features(image)], dim=1))
+        return self.conv(F.relu(self.hidden(joined)))
+
+
+def conv_stack(channels: int, layers: int, kernel_size: int) -> nn.Sequential:
+    body = []
+    for _ in range(layers):
+        body += [nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
+                 nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*body)
+
+
+def use_batch_statistics(cell: nn.Module):
+    """BatchNorms inside `cell` normalise with the current batch's statistics in evaluation too."""
+    for name, module in list(cell.named_children()):
+        if isinstance(module, nn.BatchNorm2d):
+            setattr(cell, name, nn.BatchNorm2d(module.num_features, eps=module.eps, track_running_stats=False))
+
+
+class _PathfinderBase(nn.Module):
+    @configurable
+    def __init__(self, *, body: nn.Module, channels: int, front_kernel_size: int = 7, stride: int = 1,
+                 in_channels: int = 1, loss: str = "focal", focal_alpha: float = 0.75, focal_gamma: float = 2.0):
+        """
+        Args:
+            body: maps the drive [B, C, H/stride, W/stride] to a state of the same shape: a
+                `Recurrence` (the recurrent model) or any feed-forward module (the CNN baseline).
+            channels: C. front_kernel_size: the front-end's kernel. stride: the front-end's stride
+                (2: the body runs at half resolution, a quarter of the compute, twice the reach per
+                step). in_channels: image channels.
+            loss, focal_alpha, focal_gamma: see `pixel_loss`.
+        """
+        super().__init__()
+        self.front = FrontEnd(in_channels, channels, front_kernel_size, stride)
+        self.body = body
+        self.readout = Readout(channels, stride, in_channels)
+        self.loss, self.focal_alpha, self.focal_gamma = loss, focal_alpha, focal_gamma
+
+    @classmethod
+    def from_config(cls, cfg):
+        m = cfg.PATHFINDER.MODEL
+        if m.BODY == "recurrent":
+            body = build_recurrence(m.CHANNELS, cell_kwargs=cell_kwargs_from_cfg(cfg), **recurrence_kwargs_from_cfg(cfg))
+            if cfg.MODEL.CRBP.CELL.NORM == "BN" and m.CELL_BN_STATISTICS == "batch":
+                use_batch_statistics(body.cell)
+        else:
+            body = conv_stack(m.CHANNELS, m.CNN_LAYERS, m.CNN_KERNEL_SIZE)
+        loss = cfg.PATHFINDER.LOSS
+        return {"body": body, "channels": m.CHANNELS, "front_kernel_size": m.FRONT_KERNEL_SIZE, "stride": m.STRIDE,
+                "loss": loss.NAME, "focal_alpha": loss.FOCAL_ALPHA, "focal_gamma": loss.FOCAL_GAMMA}
 
     @property
-    def cell(self):
-        return self.recurrence.cell
+    def device(self):
+        return self.readout.conv.weight.device
 
     @property
-    def mode(self):
-        return self.recurrence.mode
+    def recurrence(self):
+        """The recurrent block, or None for the CNN."""
+        return self.body if isinstance(self.body, Recurrence) else None
 
-    def configure(self, mode: Optional[str] = None, steps: Optional[int] = None,
-                  test_steps: Optional[int] = None, **recurrence_options):
-        """Changes how the recurrence runs (no weight changes): mode, steps, test_steps, and any
-        other Recurrence attribute (lcp_lambda, penalty_weight, tol, ...)."""
-        rec = self.recurrence
-        if mode is not None:
-            if mode not in MODES:
-                raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-            rec.mode = mode
-        if steps is not None:
-            if steps < 1:
-                raise ValueError(f"steps must be >= 1, got {steps}")
-            rec.steps = steps
-        if test_steps is not None:
-            if test_steps < 1:
-                raise ValueError(f"test_steps must be >= 1, got {test_steps}")
-            rec.test_steps = test_steps
-        for key, value in recurrence_options.items():
-            if not hasattr(rec, key):
-                raise AttributeError(f"Recurrence has no option {key!r}")
-            setattr(rec, key, value)
-        return self
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """images float [B, 1, S, S] in [0, 1] -> logits [B, 1, S, S]."""
+        return self.readout(self.body(self.front(images)), images)
 
-    def forward(self, image):
-        return self.readout(self.recurrence(self.front(image)))
+    def forward(self, batched_inputs: List[dict]):
+        """Detectron2's protocol: a list of {"image": uint8 [1, S, S], "mask": bool [1, S, S]};
+        training returns the loss dict, evaluation one {"logits": [1, S, S]} per input."""
+        images = torch.stack([d["image"] for d in batched_inputs]).to(self.device, torch.float32) / 255.0
+        logits = self.logits(images)
+        if not self.training:
+            return [{"logits": out} for out in logits]
+        target = torch.stack([d["mask"] for d in batched_inputs]).to(logits)
+        return {"loss_pixel": pixel_loss(logits, target, self.loss, self.focal_alpha, self.focal_gamma)}
 
     @torch.no_grad()
-    def step_outputs(self, image, steps: int) -> List[torch.Tensor]:
-        """The readout after each of `steps` iterations (no graph; the block's train/eval state
-        decides the norms): a list of `steps` outputs, for plots of the evolution and the
-        accuracy-versus-steps sweep in one pass."""
-        x = self.front(image)
-        h = torch.zeros_like(x)
+    def step_outputs(self, images: torch.Tensor, steps: int) -> List[torch.Tensor]:
+        """The logits after each of `steps` iterations of the recurrent cell (no graph), for the
+        accuracy-against-steps sweep and the evolution picture, in one pass."""
+        block = self.recurrence
+        if block is None:
+            raise ValueError("step_outputs needs a recurrent body (PATHFINDER.MODEL.BODY recurrent)")
+        x = self.front(images)
+        h = block.initial_state(x)
         outs = []
         for _ in range(steps):
-            h = self.cell(x, h)
-            outs.append(self.readout(h))
+            h = block.cell(x, h)
+            outs.append(self.readout(h, images))
         return outs
 
 
-class PathfinderCNN(nn.Module):
-    """Feed-forward baseline: the same front-end and readout around `layers` k x k conv layers."""
-
-    def __init__(self, channels: int = 25, kernel_size: int = 7, layers: int = 6, front_kernel_size: int = 7,
-                 in_channels: int = 1, outputs: int = 1, task: str = "segmentation"):
-        super().__init__()
-        self.front = _FrontEnd(in_channels, channels, front_kernel_size)
-        body = []
-        for _ in range(layers):
-            body += [nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
-                     nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
-        self.body = nn.Sequential(*body)
-        self.readout = _Readout(channels, outputs, task)
-
-    def forward(self, image):
-        return self.readout(self.body(self.front(image)))
-
-
-def build_model(cfg: dict) -> nn.Module:
-    """From a config dict: {"type": "hgru"|"cnn", ...keyword arguments of the class}."""
-    cfg = dict(cfg)
-    kind = cfg.pop("type", "hgru")
-    if kind == "hgru":
-        return PathfinderHGRU(**cfg)
-    if kind == "cnn":
-        return PathfinderCNN(**cfg)
-    raise ValueError(f"model type must be 'hgru' or 'cnn', got {kind!r}")
+@META_ARCH_REGISTRY.register()
+class PathfinderModel(RecurrenceLossMixin, _PathfinderBase):
+    """Pathfinder segmentation: the recurrent block's penalty and statistics are collected as in
+    every C-RBP meta-architecture."""
 
 
 def count_parameters(model: nn.Module) -> int:

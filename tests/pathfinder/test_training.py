@@ -1,106 +1,192 @@
-"""Pathfinder models and training: a tiny run learns, modes share weights, checkpoints resume,
-metrics and the memory probe behave."""
+"""Pathfinder on the Detectron2 engine: a tiny run learns and logs the C-RBP statistics, a resumed
+run equals an uninterrupted one, checkpoints evaluate in every mode, the penalty schedule acts,
+the final report's numbers agree with each other, the memory probe, the command-line tool."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import HookBase
 
-from crbp_detectron.crbp import collect_recurrence
-from crbp_detectron.data.pathfinder import PathfinderConfig, generate_dataset, PathfinderDataset
-from crbp_detectron.pathfinder.engine import (PixelCounts, TrainConfig, evaluate, load_checkpoint, pixel_loss,
-                                              saved_tensor_bytes, steps_sweep, train)
-from crbp_detectron.pathfinder.model import PathfinderCNN, PathfinderHGRU, build_model, count_parameters
-from crbp_detectron.pathfinder.runner import load_config, measure_memory, resolve
+from crbp_detectron.pathfinder.config import load_pathfinder_config
+from crbp_detectron.pathfinder.engine import PathfinderTrainer, final_report, prepare_datasets, training_memory
+from crbp_detectron.pathfinder.evaluation import PixelCounts
+from crbp_detectron.pathfinder.model import PathfinderModel, pixel_loss
 
-TINY = dict(size=16, length=3, paddle_length=2.0, gap=1.5, paddle_width=1.0, distractors=1, distractor_length=2,
-            marker_radius=1.25, continuity=40.0, clearance=1.0)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = "pathfinder/study/Base-Pathfinder-32px.yaml"
+TINY = ["PATHFINDER.DATA.SIZE", 16, "PATHFINDER.DATA.PADDLE_LENGTH", 2.0, "PATHFINDER.DATA.GAP", 1.5,
+        "PATHFINDER.DATA.DISTRACTORS", 1, "PATHFINDER.DATA.DISTRACTOR_LENGTH", 2,
+        "PATHFINDER.DATA.LONG_DISTRACTORS", 0, "PATHFINDER.DATA.CLEARANCE", 1.0,
+        "PATHFINDER.DATA.TRAIN_LENGTHS", [3], "PATHFINDER.DATA.TEST_LENGTHS", [3, 4],
+        "PATHFINDER.DATA.TRAIN_PER_LENGTH", 48, "PATHFINDER.DATA.TEST_PER_LENGTH", 16,
+        "PATHFINDER.DATA.WORKERS", 1, "PATHFINDER.MODEL.CHANNELS", 4, "PATHFINDER.EVAL.BATCH_SIZE", 16,
+        "PATHFINDER.EVAL.VAL_COUNT", 16, "PATHFINDER.EVAL.SWEEP_MAX_STEPS", 6, "MODEL.CRBP.CELL.KERNEL_SIZE", 3,
+        "MODEL.CRBP.STEPS", 3, "SOLVER.IMS_PER_BATCH", 8, "SOLVER.BASE_LR", 0.01, "SOLVER.WARMUP_ITERS", 0,
+        "SOLVER.MAX_ITER", 30, "SOLVER.CHECKPOINT_PERIOD", 1000]
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("pf") / "tiny")
-    generate_dataset(folder, PathfinderConfig(**TINY), n=48, seed=0, workers=1, progress=False)
-    return PathfinderDataset(folder).tensors()
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("pathfinder_data"))
 
 
-def tiny_hgru(mode="crbp", steps=4, **kw):
-    torch.manual_seed(0)
-    return PathfinderHGRU(channels=4, kernel_size=3, mode=mode, steps=steps, **kw)
+def tiny_cfg(data_root, out_dir, *opts):
+    cfg = load_pathfinder_config(CONFIG, TINY + ["PATHFINDER.DATA.ROOT", data_root, "OUTPUT_DIR", str(out_dir)]
+                                 + list(opts))
+    prepare_datasets(cfg)
+    cfg.freeze()
+    torch.manual_seed(cfg.SEED)
+    return cfg
 
 
-def _log(out_dir):
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
+def train(cfg, *hooks):
+    trainer = PathfinderTrainer(cfg)
+    trainer.register_hooks(list(hooks))
+    trainer.resume_or_load(resume=True)
+    trainer.train()
+    return trainer
+
+
+def metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.json")) as f:
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("mode", ["crbp", "bptt"])
-def test_tiny_training_reduces_the_loss(tiny_data, tmp_path, mode):
-    images, masks = tiny_data
-    model = tiny_hgru(mode)
-    cfg = TrainConfig(iterations=40, batch_size=16, lr=1e-2, log_every=10, checkpoint_every=40, augment=False)
-    summary = train(model, images, masks, cfg, str(tmp_path), val=(images[:16], masks[:16]), echo=False)
-    assert summary["finished"] and summary["iterations"] == 40
-    log = [e for e in _log(str(tmp_path)) if "task_loss" in e]
-    assert log[-1]["task_loss"] < 0.7 * log[0]["task_loss"]
-    # The C-RBP statistics reach the log.
-    assert "crbp/recurrence/residual" in log[-1] and "crbp/recurrence/max_column_sum" in log[-1]
-    if mode == "crbp":
-        assert log[-1]["crbp/recurrence/backward_vjps"] >= 1 and log[-1]["penalty_loss"] >= 0
-    assert 0.0 <= summary["val"]["iou"] <= 1.0
+class LossLog(HookBase):
+    def __init__(self):
+        self.losses = []
+
+    def after_step(self):
+        latest = self.trainer.storage.latest()  # Detectron2 logs a lone loss as total_loss only
+        self.losses.append(latest.get("loss_pixel", latest["total_loss"])[0])
 
 
-def test_modes_share_weights_and_checkpoints_cross_modes(tiny_data, tmp_path):
-    images, masks = tiny_data
-    keys = None
-    for mode in ("crbp", "rbp", "bptt", "cbptt"):
-        m = tiny_hgru(mode)
-        k = {name: p.shape for name, p in m.state_dict().items()}
-        assert keys is None or k == keys
-        keys = k
-    trained = tiny_hgru("crbp", steps=5)
-    train(trained, images, masks, TrainConfig(iterations=3, batch_size=8, checkpoint_every=3), str(tmp_path), echo=False)
-    # A checkpoint trained with C-RBP loads into a BPTT model ...
-    other = tiny_hgru("bptt", steps=2)
-    load_checkpoint(os.path.join(tmp_path, "checkpoint.pth"), other)
-    other.configure(test_steps=5)
-    trained.eval()
-    other.eval()
-    with torch.no_grad():
-        assert torch.equal(trained(images[:8]), other(images[:8]))
-    # ... and the same model switches modes in place (evaluation does not depend on the mode).
-    with torch.no_grad():
-        ref = trained(images[:8])
-        for mode in ("rbp", "bptt", "cbptt"):
-            trained.configure(mode=mode)
-            assert torch.equal(trained(images[:8]), ref)
-    # and trains in the new mode.
-    trained.configure(mode="bptt", steps=3).train()
-    loss = pixel_loss(trained(images[:8]), masks[:8])
-    loss.backward()
-    assert trained.cell.w_exc.weight.grad is not None
-    collect_recurrence(trained)
-    with pytest.raises(ValueError):
-        trained.configure(mode="nope")
+@pytest.mark.parametrize("mode,body,stride", [("crbp", "recurrent", 1), ("bptt", "recurrent", 1), ("crbp", "cnn", 1),
+                                              ("crbp", "recurrent", 2)])
+def test_training_lowers_the_loss_and_logs_the_recurrent_block(data_root, tmp_path, mode, body, stride):
+    cfg = tiny_cfg(data_root, tmp_path, "MODEL.CRBP.MODE", mode, "PATHFINDER.MODEL.BODY", body,
+                   "PATHFINDER.AUGMENT", False, "PATHFINDER.MODEL.STRIDE", stride)
+    log = LossLog()
+    train(cfg, log)
+    first, last = sum(log.losses[:5]) / 5, sum(log.losses[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    logged = [m for m in metrics(str(tmp_path)) if "total_loss" in m][-1]
+    if body == "recurrent":
+        assert "crbp/body/residual" in logged and "crbp/body/max_column_sum" in logged
+        assert ("loss_penalty/body" in logged) == (mode == "crbp")
+    else:
+        assert not any(k.startswith(("crbp/", "loss_penalty")) for k in logged)
 
 
-def test_checkpoint_resumes(tiny_data, tmp_path):
-    images, masks = tiny_data
-    cfg = TrainConfig(iterations=4, batch_size=8, log_every=1, checkpoint_every=2)
-    train(tiny_hgru("bptt", 2), images, masks, cfg, str(tmp_path), echo=False)
-    cfg.iterations = 6
-    model = tiny_hgru("bptt", 2)
-    summary = train(model, images, masks, cfg, str(tmp_path), echo=False)
-    assert summary["iterations"] == 6
-    assert [e["iter"] for e in _log(str(tmp_path)) if "loss" in e] == [1, 2, 3, 4, 5, 6]
-    state = torch.load(os.path.join(tmp_path, "checkpoint.pth"), weights_only=False)
-    assert state["iteration"] == 6
-    # The resumed run is the run that was not interrupted.
-    straight = tiny_hgru("bptt", 2)
-    train(straight, images, masks, TrainConfig(iterations=6, batch_size=8, checkpoint_every=6), str(tmp_path / "b"),
-          echo=False)
-    for (k, a), b in zip(model.state_dict().items(), straight.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+def test_resumed_run_equals_an_uninterrupted_one(data_root, tmp_path):
+    """The data stream (indices and augmentation), RNG and optimizer state continue exactly."""
+    straight = train(tiny_cfg(data_root, tmp_path / "a", "SOLVER.MAX_ITER", 6))
+    cfg = tiny_cfg(data_root, tmp_path / "b", "SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 3)
+    train(cfg)
+    os.remove(tmp_path / "b" / "model_final.pth")
+    with open(tmp_path / "b" / "last_checkpoint", "w") as f:
+        f.write("model_0000002.pth")  # as if stopped after 3 of 6 iterations
+    torch.manual_seed(123)  # a resume restores the RNG state; whatever it was before must not matter
+    resumed = PathfinderTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 3
+    resumed.train()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_evaluates_in_every_mode_and_the_report_agrees_with_itself(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, tmp_path, "SOLVER.MAX_ITER", 8)
+    trainer = train(cfg)
+    report = final_report(cfg, trainer.model)
+    assert set(report["test"]) == {"3", "4"} and report["mode"] == "crbp"
+    assert report["parameters"] == sum(p.numel() for p in trainer.model.parameters())
+    # The sweep's entry at the test steps is the evaluation at the test steps.
+    sweep = report["sweep"]["4"]
+    assert [s["steps"] for s in sweep] == list(range(1, 7))
+    assert sweep[cfg.MODEL.CRBP.STEPS - 1]["iou"] == pytest.approx(report["test"]["4"]["iou"])
+    assert json.load(open(tmp_path / "results.json"))["test"] == json.loads(json.dumps(report["test"]))
+    # The same weights evaluate as a BPTT model, with the same numbers (evaluation has no graph).
+    bptt_cfg = tiny_cfg(data_root, tmp_path / "bptt", "MODEL.CRBP.MODE", "bptt")
+    model = PathfinderTrainer.build_model(bptt_cfg)
+    DetectionCheckpointer(model).load(str(tmp_path / "model_final.pth"))
+    assert model.recurrence.mode == "bptt"
+    again = final_report(bptt_cfg, model)
+    assert again["test"]["4"]["iou"] == pytest.approx(report["test"]["4"]["iou"])
+
+
+def test_penalty_schedule_delays_and_ramps_the_penalty(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, tmp_path, "SOLVER.MAX_ITER", 6, "MODEL.CRBP.PENALTY_WARMUP_DELAY", 2,
+                   "MODEL.CRBP.PENALTY_WARMUP_ITERS", 2)
+
+    class Scales(HookBase):
+        seen = []
+
+        def after_step(self):
+            latest = self.trainer.storage.latest()
+            self.seen.append((latest["crbp/penalty_scale"][0], "loss_penalty/body" in latest
+                              and latest["loss_penalty/body"][1] == self.trainer.iter))
+
+    train(cfg, Scales())
+    assert [s for s, _ in Scales.seen] == [0.0, 0.0, 0.5, 1.0, 1.0, 1.0]
+    # No penalty loss while its scale is 0 (nor its double-backward graph).
+    assert [p for _, p in Scales.seen] == [False, False, True, True, True, True]
+
+
+def test_training_memory_is_flat_in_steps_for_crbp_and_grows_for_bptt(data_root, tmp_path):
+    def saved(mode, steps):
+        cfg = tiny_cfg(data_root, tmp_path, "MODEL.CRBP.MODE", mode, "MODEL.CRBP.STEPS", steps)
+        return training_memory(cfg, PathfinderTrainer.build_model(cfg))["saved_bytes"]
+
+    crbp = [saved("crbp", s) for s in (2, 8)]
+    bptt = [saved("bptt", s) for s in (2, 8)]
+    assert crbp[0] == crbp[1] > 0
+    assert bptt[1] > 3 * bptt[0] / 2 and bptt[1] > crbp[1]
+
+
+def test_the_tool_trains_evaluates_and_reports(data_root, tmp_path):
+    tool = os.path.join(REPO, "tools", "train_pathfinder.py")
+    opts = [str(v) if not isinstance(v, list) else json.dumps(v) for v in TINY]
+    opts += ["PATHFINDER.DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "4"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, tool, "--config-file", CONFIG, "--threads", "1"] + opts,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.load(open(tmp_path / "results.json"))
+    assert set(res["test"]) == {"3", "4"} and len(res["sweep"]["3"]) == 6
+    assert res["memory"]["saved_bytes"] > 0 and any("crbp/body/residual" in e for e in res["curve"])
+    # --eval-only with a changed test-time step count evaluates the same weights again.
+    run = subprocess.run([sys.executable, tool, "--config-file", CONFIG, "--eval-only", "--threads", "1"] + opts
+                         + ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "MODEL.CRBP.TEST_STEPS", "6"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    again = json.load(open(tmp_path / "results.json"))
+    assert again["test_steps"] == 6
+    assert again["test"]["3"]["iou"] == pytest.approx(res["sweep"]["3"][5]["iou"])
+
+
+def test_bad_pathfinder_config_values_name_the_key():
+    with pytest.raises(ValueError, match="PATHFINDER.DATA.TEST_LENGTHS"):
+        load_pathfinder_config(CONFIG, ["PATHFINDER.DATA.TEST_LENGTHS", [0, 3]])
+    with pytest.raises(ValueError, match="PATHFINDER.MODEL.BODY"):
+        load_pathfinder_config(CONFIG, ["PATHFINDER.MODEL.BODY", "transformer"])
+    with pytest.raises(ValueError, match="PATHFINDER.EVAL.SWEEP_LENGTHS"):
+        load_pathfinder_config(CONFIG, ["PATHFINDER.EVAL.SWEEP_LENGTHS", [9]])
+
+
+def test_model_protocol():
+    cfg = load_pathfinder_config(CONFIG, TINY)
+    model = PathfinderTrainer.build_model(cfg)
+    assert isinstance(model, PathfinderModel)
+    inputs = [{"image": torch.zeros(1, 16, 16, dtype=torch.uint8), "mask": torch.zeros(1, 16, 16, dtype=torch.bool)}]
+    losses = model(inputs)
+    assert set(losses) == {"loss_pixel", "loss_penalty/body"}
+    model.eval()
+    assert model(inputs)[0]["logits"].shape == (1, 16, 16)
 
 
 def test_metrics_on_pooled_counts():
@@ -108,7 +194,7 @@ def test_metrics_on_pooled_counts():
     target = torch.tensor([[1, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
     c = PixelCounts().add(pred, target)
     assert (c.tp, c.fp, c.fn, c.tn) == (2, 1, 1, 4)
-    m = c.metrics()
+    m = (c + PixelCounts()).metrics()
     assert m["iou"] == pytest.approx(2 / 4) and m["f1"] == pytest.approx(4 / 6)
     assert m["balanced_accuracy"] == pytest.approx(0.5 * (2 / 3 + 4 / 5))
 
@@ -125,76 +211,3 @@ def test_losses_are_class_balanced():
     assert pixel_loss(up, target, "balanced_bce") < pixel_loss(logits, target, "balanced_bce")
     with pytest.raises(ValueError):
         pixel_loss(logits, target, "nope")
-
-
-def test_sweep_and_evaluate_agree(tiny_data):
-    images, masks = tiny_data
-    model = tiny_hgru("crbp", steps=3)
-    model.configure(test_steps=4)
-    sweep = steps_sweep(model, images[:16], masks[:16], 6, batch=16)
-    assert [s["steps"] for s in sweep] == list(range(1, 7))
-    assert sweep[3]["iou"] == pytest.approx(evaluate(model, images[:16], masks[:16], batch=16)["iou"])
-
-
-def test_memory_probe_flat_for_crbp_growing_for_bptt(tiny_data):
-    images, masks = tiny_data
-    x, y = images[:8], masks[:8]
-    tc = TrainConfig()
-    crbp = [measure_memory(tiny_hgru("crbp", s), x, y, tc)["saved_bytes"] for s in (2, 8)]
-    bptt = [measure_memory(tiny_hgru("bptt", s), x, y, tc)["saved_bytes"] for s in (2, 8)]
-    assert crbp[0] == crbp[1]
-    assert bptt[1] > 3 * bptt[0] / 2 and bptt[1] > crbp[1]
-    assert saved_tensor_bytes(lambda: (torch.ones(3, requires_grad=True) * 2).sum())["saved_bytes"] >= 0
-
-
-def test_cnn_baseline_and_configs():
-    hgru = resolve(load_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pathfinder", "crbp.yaml")))
-    cnn = resolve(load_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pathfinder", "cnn.yaml")))
-    h, c = build_model(hgru["model"]), build_model(cnn["model"])
-    assert isinstance(h, PathfinderHGRU) and isinstance(c, PathfinderCNN)
-    assert h.recurrence.mode == "crbp" and c.body[0].kernel_size == h.cell.w_exc.kernel_size
-    assert count_parameters(c) >= count_parameters(h)
-    out = c(torch.rand(2, 1, 16, 16))
-    assert out.shape == (2, 1, 16, 16)
-    cls = PathfinderHGRU(channels=4, kernel_size=3, steps=2, outputs=2, task="classification")
-    assert cls(torch.rand(2, 1, 16, 16)).shape == (2, 2)
-    collect_recurrence(cls)
-
-
-def test_tool_runs_end_to_end(tmp_path):
-    import importlib.util
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "train_pathfinder.py")
-    spec = importlib.util.spec_from_file_location("train_pathfinder", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    cfg = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pathfinder", "crbp.yaml")
-    overrides = [f"data.root={tmp_path / 'data'}", "data.generator.size=16", "data.generator.paddle_length=2.0",
-                 "data.generator.distractors=1", "data.generator.distractor_length=2",
-                 "data.generator.long_distractors=0", "data.generator.clearance=1.0", "data.train_lengths=[2,3]",
-                 "data.test_lengths=[2,3,4]", "data.train_per_length=16", "data.test_per_length=8",
-                 "data.workers=1", "model.steps=3", "model.channels=4", "train.iterations=3", "train.warmup=0",
-                 "train.eval_every=0", "eval.sweep_lengths=[4]", "eval.sweep_max_steps=null"]
-    res = tool.main(["--config", cfg, "--output-dir", str(tmp_path / "run")] + overrides)
-    assert res["status"] == "done" and set(res["test"]) == {"2", "3", "4"}
-    assert len(res["sweep"]["4"]) == 6  # to twice the horizon
-    # Evaluate the C-RBP checkpoint as a BPTT model.
-    res2 = tool.main(["--config", cfg, "--output-dir", str(tmp_path / "run"), "--eval-only", "model.mode=bptt"]
-                     + overrides)
-    assert res2["model"]["mode"] == "bptt"
-    assert res2["test"]["2"]["iou"] == pytest.approx(res["test"]["2"]["iou"])
-
-
-def test_nonfinite_losses_skip_updates_then_stop(tiny_data, tmp_path):
-    images, masks = tiny_data
-    bad = images.clone()
-    bad[:, :, 0, 0] = float("nan")
-    model = tiny_hgru("bptt", 2)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    summary = train(model, bad, masks, TrainConfig(iterations=10, batch_size=4, max_nonfinite=3), str(tmp_path),
-                    echo=False)
-    assert summary["diverged"] and summary["finished"] and summary["iterations"] == 3
-    assert summary["skipped_nonfinite"] == 3
-    assert torch.equal(model.front.conv.weight, before["front.conv.weight"])
-    # A rerun does not train a diverged run again.
-    again = train(tiny_hgru("bptt", 2), bad, masks, TrainConfig(iterations=10, batch_size=4), str(tmp_path), echo=False)
-    assert again["diverged"] and again["iterations"] == 3
