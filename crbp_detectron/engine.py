@@ -222,13 +222,15 @@ def check_device(cfg):
                            "add `MODEL.DEVICE cpu` to the command line to train on the CPU.")
 
 
-def setup(args):
+def setup(args, load=None, register=None):
     """Config from --config-file (a path, a packaged config name or a model-zoo name) and opts,
-    validated, then Detectron2's default_setup (logging, output dir, config dump, seed)."""
+    validated, its datasets registered, then Detectron2's default_setup (logging, output dir,
+    config dump, seed). `load(name, opts)` and `register(cfg)` are another tool's (Pathfinder's);
+    by default load_config and register_datasets."""
     args.config_file = resolve_config_file(args.config_file)  # default_setup logs the file
-    cfg = load_config(args.config_file, args.opts)
+    cfg = (load or load_config)(args.config_file, args.opts)
     check_device(cfg)
-    register_datasets(cfg)
+    (register or register_datasets)(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

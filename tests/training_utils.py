@@ -30,9 +30,9 @@ def tiny_opts(out, **extra):
     return opts
 
 
-def train(cfg, resume=False, hooks=()):
+def train(cfg, resume=False, hooks=(), trainer_class=Trainer):
     torch.manual_seed(0)  # same initial weights in every run (the CLI's default_setup does this)
-    trainer = Trainer(cfg)
+    trainer = trainer_class(cfg)
     trainer.register_hooks(list(hooks))
     trainer.resume_or_load(resume=resume)
     trainer.train()

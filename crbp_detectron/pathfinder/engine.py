@@ -16,14 +16,13 @@ from typing import Dict, Optional
 import detectron2.utils.comm as comm
 import torch
 from detectron2.data import DatasetCatalog
-from detectron2.engine import default_setup
 from detectron2.solver.build import maybe_add_gradient_clipping
 
-from ..config import resolve_config_file
-from ..engine import Trainer, check_device
 from ..crbp.memory import saved_bytes
-from .config import load_pathfinder_config
 from ..data.stream import build_resumable_train_loader
+from ..engine import Trainer
+from ..engine import setup as engine_setup
+from .config import load_pathfinder_config
 from .data import VAL, PathfinderMapper, PathfinderTestBatches, load_sample, register_pathfinder_datasets, test_name
 from .evaluation import PathfinderEvaluator, steps_sweep
 from .model import count_parameters
@@ -75,14 +74,8 @@ def prepare_datasets(cfg):
 
 def setup(args):
     """Config (file + opts, validated), data, Detectron2's default_setup (logging, output folder,
-    config dump, seed)."""
-    args.config_file = resolve_config_file(args.config_file)  # default_setup logs the file
-    cfg = load_pathfinder_config(args.config_file, args.opts)
-    check_device(cfg)
-    prepare_datasets(cfg)
-    cfg.freeze()
-    default_setup(cfg, args)
-    return cfg
+    config dump, seed): the C-RBP tools' setup with Pathfinder's config and data."""
+    return engine_setup(args, load=load_pathfinder_config, register=prepare_datasets)
 
 
 def training_memory(cfg, model) -> Dict[str, int]:

@@ -16,6 +16,8 @@ from crbp_detectron.pathfinder.engine import PathfinderTrainer, final_report, pr
 from crbp_detectron.pathfinder.evaluation import PixelCounts
 from crbp_detectron.pathfinder.model import PathfinderModel, pixel_loss
 
+from .. import training_utils
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "pathfinder/study/Base-Pathfinder-32px.yaml"
 TINY = ["PATHFINDER.DATA.SIZE", 16, "PATHFINDER.DATA.PADDLE_LENGTH", 2.0, "PATHFINDER.DATA.GAP", 1.5,
@@ -44,11 +46,7 @@ def tiny_cfg(data_root, out_dir, *opts):
 
 
 def train(cfg, *hooks):
-    trainer = PathfinderTrainer(cfg)
-    trainer.register_hooks(list(hooks))
-    trainer.resume_or_load(resume=True)
-    trainer.train()
-    return trainer
+    return training_utils.train(cfg, resume=True, hooks=hooks, trainer_class=PathfinderTrainer)
 
 
 def metrics(out_dir):
