@@ -40,6 +40,9 @@ def run_train(args, results: Dict, write):
     for rois in args.rois:
         rows = results.setdefault("train", {}).setdefault(rois, {})
         for name in args.train_configs:
+            if f"{name}@{rois}" in args.skip:
+                rows[name] = {"error": "skipped (--skip)"}
+                continue
             case = {"config": name, "rois": rois, "size": args.train_size, "device": args.device}
             print(f"== train {name}, {rois} RoIs", flush=True)
             if args.device.startswith("cuda"):
@@ -196,6 +199,8 @@ def main(argv=None):
     p.add_argument("--rois", type=int, nargs="+", default=[4, 32, 128])
     p.add_argument("--train-size", type=int, default=256)
     p.add_argument("--train-configs", nargs="+", default=list(cases.TRAIN_CONFIGS), choices=list(cases.TRAIN_CONFIGS))
+    p.add_argument("--skip", nargs="*", default=[], metavar="CONFIG@ROIS",
+                   help="training configurations not to run, e.g. 'bptt-20@128' (memory of a shared machine)")
     p.add_argument("--sizes", type=parse_size, nargs="+", default=[(256, 256), (800, 1333)])
     p.add_argument("--detections", type=int, nargs="+", default=[5, 20, 100])
     p.add_argument("--infer-configs", nargs="+", default=[n for n in cases.INFER_CONFIGS if n != cases.EARLY_STOP],
