@@ -47,7 +47,7 @@ pure_wheel() {  # a pure-Python wheel of a PyPI project: downloaded if PyPI has 
 }
 
 echo "== 1. benchmark dependencies (CPython $TARGET_PY, manylinux x86_64)"
-"${DOWNLOAD[@]}" matplotlib tabulate
+"${DOWNLOAD[@]}" matplotlib tabulate pytest  # pytest: the suite runs the core's CUDA autocast test
 "${DOWNLOAD[@]}" --no-deps torchdeq==0.1.0
 
 echo "== 2. crbp-detectron (pure-Python wheel, built from a clean copy of the sources)"

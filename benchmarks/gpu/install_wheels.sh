@@ -5,6 +5,7 @@ PIP=("$PY" -m pip install --disable-pip-version-check --no-index --find-links "$
 if [ -d "$WHL" ]; then
   # Already-installed requirements (numpy, Pillow, torch for torchdeq) are left as they are.
   "${PIP[@]}" matplotlib tabulate || echo "!! matplotlib/tabulate not installed"
+  "${PIP[@]}" pytest || echo "!! pytest not installed: the CUDA autocast check is skipped"
   "${PIP[@]}" --no-deps torchdeq==0.1.0 || echo "!! torchdeq not installed: its methods are skipped"
   if ls "$WHL"/detectron2-*.whl >/dev/null 2>&1; then
     "${PIP[@]}" Pillow "pycocotools>=2.0.8" termcolor "yacs>=0.1.8" tabulate cloudpickle tqdm pyyaml \

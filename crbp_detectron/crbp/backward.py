@@ -126,7 +126,7 @@ class _CellState:
             with torch.random.fork_rng(devices=devices, enabled=True):
                 torch.set_rng_state(self.cpu_rng)
                 if self.cuda_rng is not None:
-                    torch.cuda.set_rng_state(self.cuda_rng)
+                    torch.cuda.set_rng_state(self.cuda_rng, self.device)
                 with torch.enable_grad():
                     yield
         finally:
