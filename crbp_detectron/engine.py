@@ -163,7 +163,9 @@ class Trainer(DefaultTrainer):
         self._preemption_hook.restore_signals()  # before the final evaluation and its worker processes
         # Shut the data workers down now: they ignore SIGTERM (see ignore_termination_in_worker), so
         # multiprocessing's exit-time terminate-and-join would wait for them forever.
-        self._trainer._data_loader_iter.close()
+        close = getattr(self._trainer._data_loader_iter, "close", None)  # a generator: ResumableBatches'
+        if close is not None:
+            close()
         super().after_train()
 
     # Detectron2 0.6's DefaultTrainer checkpoints only the iteration and the hooks: the optimizer
