@@ -140,6 +140,13 @@ def _identity(t):
     return t
 
 
+def _detached(t):
+    # Stored as itself, a tensor that its own grad_fn saves (an activation's output) would make a
+    # reference cycle through the C++ graph that no garbage collection breaks: the whole step's
+    # graph leaked on every call. Autograd re-attaches the unpacked tensor, so gradients are unchanged.
+    return t.detach()
+
+
 class _ImplicitStepFunction(torch.autograd.Function):
     """(x, h*, *params) -> (f(x, h*), penalty); keeps x, h* and the parameters only."""
 
@@ -150,7 +157,7 @@ class _ImplicitStepFunction(torch.autograd.Function):
         # only inside this forward. Identity saved-tensor hooks keep an outer hook (e.g. one that
         # measures what autograd keeps for the backward) from counting it as kept.
         with torch.set_grad_enabled(spec.penalty is not None), \
-                torch.autograd.graph.saved_tensors_hooks(_identity, _identity):
+                torch.autograd.graph.saved_tensors_hooks(_detached, _identity):
             h_in = h_star.detach().requires_grad_(spec.penalty is not None)
             h_next = spec.cell(x.detach(), h_in)
             penalty = spec.penalty(h_next, h_in, False) if spec.penalty is not None else None
