@@ -31,6 +31,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
+from .arguments import check_choice
 from .stats import BackwardStats
 
 VJP = Callable[[torch.Tensor], torch.Tensor]
@@ -55,8 +56,7 @@ class BackwardConfig:
     restart: int = 20  # gmres: Krylov vectors kept before a restart
 
     def __post_init__(self):
-        if self.solver not in BACKWARD_SOLVERS:
-            raise ValueError(f"backward solver must be one of {tuple(BACKWARD_SOLVERS)}, got {self.solver!r}")
+        check_choice("backward solver", self.solver, BACKWARD_SOLVERS)
         if self.max_vjps < 0:
             raise ValueError(f"backward max_vjps must be >= 0, got {self.max_vjps}")
         if not self.tol >= 0:

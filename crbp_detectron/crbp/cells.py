@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arguments import check_choice
+
 NORMS = ("batch", "group", "none")
 NONLINEARITIES = {"softplus": F.softplus, "relu": F.relu, "tanh": torch.tanh}
 EXCITATIONS = ("full", "simple")
@@ -41,6 +43,7 @@ def chrono_init_(bias: torch.Tensor, timesteps: int, sign: float = 1.0) -> torch
 
 
 def make_norm(kind: str, channels: int, num_groups: int = 32) -> nn.Module:
+    check_choice("norm", kind, NORMS)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
@@ -48,9 +51,7 @@ def make_norm(kind: str, channels: int, num_groups: int = 32) -> nn.Module:
         if channels % groups:
             raise ValueError(f"GroupNorm: {channels} channels are not divisible into {groups} groups")
         return nn.GroupNorm(groups, channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+    return nn.Identity()
 
 
 class GALAGate(nn.Module):
@@ -92,14 +93,10 @@ class HGRUCell(nn.Module):
         update_gate_init: str = "chrono",
     ):
         super().__init__()
-        if update_gate_init not in UPDATE_GATE_INITS:
-            raise ValueError(f"update_gate_init must be one of {UPDATE_GATE_INITS}, got {update_gate_init!r}")
-        if gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-        if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"nonlinearity must be one of {tuple(NONLINEARITIES)}, got {nonlinearity!r}")
-        if excitation not in EXCITATIONS:
-            raise ValueError(f"excitation must be one of {EXCITATIONS}, got {excitation!r}")
+        check_choice("update_gate_init", update_gate_init, UPDATE_GATE_INITS)
+        check_choice("gate", gate, GATES)
+        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        check_choice("excitation", excitation, EXCITATIONS)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
         self.channels = channels

@@ -10,6 +10,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .arguments import check_choice
+
 PENALTIES = ("lcp", "jacobian_frobenius", "none")
 REDUCTIONS = ("mean", "sum")
 
@@ -32,8 +34,7 @@ def lipschitz_penalty(
     weights); otherwise it is a detached value for logging. `absolute` penalises |1^T J| - lambda
     (a column whose entries sum to a large negative number is not contractive either).
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"LCP reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_choice("LCP reduction", reduction, REDUCTIONS)
     column_sums = _vjp(h_next, h_in, torch.ones_like(h_next), create_graph)
     excess = torch.relu((column_sums.abs() if absolute else column_sums) - lam) ** 2
     # An empty state (e.g. a mask head on zero RoIs) has no excess: 0, not the NaN of an empty mean.

@@ -27,6 +27,7 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
+from .arguments import check_choice
 from .backward import ImplicitStep, attach_rbp_gradient, implicit_step, trainable_parameters
 from .backward_solvers import BACKWARD_SOLVERS, BackwardConfig
 from .penalties import PENALTIES, REDUCTIONS, jacobian_frobenius_penalty, lipschitz_penalty
@@ -102,14 +103,10 @@ class Recurrence(nn.Module):
         record_trace: bool = False,
     ):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"Recurrence mode must be one of {MODES}, got {mode!r}")
-        if penalty not in PENALTIES:
-            raise ValueError(f"Recurrence penalty must be one of {PENALTIES}, got {penalty!r}")
-        if penalty_reduction not in REDUCTIONS:
-            raise ValueError(f"penalty_reduction must be one of {REDUCTIONS}, got {penalty_reduction!r}")
-        if implicit_step not in IMPLICIT_STEPS:
-            raise ValueError(f"implicit_step must be one of {IMPLICIT_STEPS}, got {implicit_step!r}")
+        check_choice("Recurrence mode", mode, MODES)
+        check_choice("Recurrence penalty", penalty, PENALTIES)
+        check_choice("penalty_reduction", penalty_reduction, REDUCTIONS)
+        check_choice("implicit_step", implicit_step, IMPLICIT_STEPS)
         if steps < 1 or (test_steps is not None and test_steps < 1):
             raise ValueError(f"steps and test_steps must be >= 1, got {steps} and {test_steps}")
         if not tol >= 0:

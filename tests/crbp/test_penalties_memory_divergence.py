@@ -6,8 +6,8 @@ import weakref
 import pytest
 import torch
 
-from crbp_detectron.crbp import (HGRUCell, Recurrence, collect_recurrence, jacobian_frobenius_penalty,
-                                 lipschitz_penalty, penalty_losses, summary_scalars)
+from crbp_detectron.crbp import (BACKWARD_SOLVERS, HGRUCell, Recurrence, collect_recurrence,
+                                 jacobian_frobenius_penalty, lipschitz_penalty, penalty_losses, summary_scalars)
 from crbp_detectron.crbp.cells import chrono_init_
 from crbp_detectron.crbp.memory import saved_bytes
 
@@ -155,20 +155,51 @@ def test_no_grad_and_eval_paths():
     assert rec.stats.steps == 9 and rec.loss is None
 
 
+# An argument outside its choices: (constructor, message). The message names the argument, the
+# bad value and every allowed value.
+BAD_CHOICES = [
+    (lambda: Recurrence(TanhMap(), mode="bptt2"),
+     "Recurrence mode must be one of ('crbp', 'rbp', 'bptt', 'cbptt'), got 'bptt2'"),
+    (lambda: Recurrence(TanhMap(), penalty="l2"),
+     "Recurrence penalty must be one of ('lcp', 'jacobian_frobenius', 'none'), got 'l2'"),
+    (lambda: Recurrence(TanhMap(), penalty_reduction="max"),
+     "penalty_reduction must be one of ('mean', 'sum'), got 'max'"),
+    (lambda: Recurrence(TanhMap(), implicit_step="saved"),
+     "implicit_step must be one of ('recompute', 'recorded'), got 'saved'"),
+    (lambda: Recurrence(TanhMap(), backward_solver="cg"),
+     f"backward solver must be one of {tuple(BACKWARD_SOLVERS)}, got 'cg'"),  # registered: more may come
+    (lambda: HGRUCell(4, gate="attention"), "gate must be one of ('conv', 'gala'), got 'attention'"),
+    (lambda: HGRUCell(4, nonlinearity="gelu"),
+     "nonlinearity must be one of ('softplus', 'relu', 'tanh'), got 'gelu'"),
+    (lambda: HGRUCell(4, excitation="none"), "excitation must be one of ('full', 'simple'), got 'none'"),
+    (lambda: HGRUCell(4, norm="layer"), "norm must be one of ('batch', 'group', 'none'), got 'layer'"),
+    (lambda: HGRUCell(4, update_gate_init="fast"),
+     "update_gate_init must be one of ('chrono', 'neutral'), got 'fast'"),
+    # An unhashable value is named too, not a TypeError from a dict lookup.
+    (lambda: HGRUCell(4, nonlinearity=["relu"]),
+     "nonlinearity must be one of ('softplus', 'relu', 'tanh'), got ['relu']"),
+]
+
+
+@pytest.mark.parametrize("build, message", BAD_CHOICES)
+def test_bad_choice_names_argument_value_and_choices(build, message):
+    with pytest.raises(ValueError) as error:
+        build()
+    assert str(error.value) == message
+
+
+def test_bad_lcp_reduction_names_the_choices():
+    h = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^LCP reduction must be one of \('mean', 'sum'\), got 'max'$"):
+        lipschitz_penalty(torch.tanh(h), h, reduction="max")
+
+
 def test_bad_arguments_name_the_problem():
     cell = TanhMap()
-    with pytest.raises(ValueError, match="mode"):
-        Recurrence(cell, mode="bptt2")
-    with pytest.raises(ValueError, match="penalty"):
-        Recurrence(cell, penalty="l2")
     with pytest.raises(ValueError, match="steps"):
         Recurrence(cell, steps=0)
     with pytest.raises(ValueError, match="max_vjps"):
         Recurrence(cell, backward_max_vjps=-1)
-    with pytest.raises(ValueError, match="backward solver"):
-        Recurrence(cell, backward_solver="cg")
-    with pytest.raises(ValueError, match="implicit_step"):
-        Recurrence(cell, implicit_step="saved")
     with pytest.raises(ValueError, match="divisible"):
         HGRUCell(10, norm="group", num_groups=4)
 
