@@ -10,7 +10,7 @@ import logging
 import os
 import pickle
 import zipfile
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import detectron2.utils.comm as comm
 import torch
@@ -164,3 +164,25 @@ class Checkpointer(DetectionCheckpointer):
             raise CheckpointError(f"{self.save_dir}: ranks would resume from different checkpoints {choices}; "
                                   "every rank must see the same output folder")
         return self.load(chosen)
+
+
+class CheckpointedParts:
+    """Mixin for a Detectron2 trainer (before it in the bases): the state of each part that
+    `checkpointed_parts()` names is saved under that name beside the trainer's own state, as
+    Detectron2's SimpleTrainer does for its optimizer. A checkpoint written before a part existed
+    loads, leaving that part as it is."""
+
+    def checkpointed_parts(self) -> Dict[str, Any]:
+        """{key in the checkpoint: object with state_dict/load_state_dict}."""
+        return {}
+
+    def state_dict(self):
+        state = super().state_dict()
+        state.update({key: part.state_dict() for key, part in self.checkpointed_parts().items()})
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for key, part in self.checkpointed_parts().items():
+            if key in state_dict:
+                part.load_state_dict(state_dict[key])

@@ -14,7 +14,7 @@ from detectron2.utils.events import JSONWriter
 from detectron2.evaluation import (COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators,
                                    SemSegEvaluator)
 
-from .checkpoint import Checkpointer
+from .checkpoint import CheckpointedParts, Checkpointer
 from .config import load_config, resolve_config_file
 from .data.stream import build_resumable_train_loader
 from .penalty_schedule import PenaltyScheduleHook
@@ -97,7 +97,7 @@ class IterationOrderedJSONWriter(JSONWriter):
         os.fsync(target.fileno())
 
 
-class Trainer(DefaultTrainer):
+class Trainer(CheckpointedParts, DefaultTrainer):
     """Detectron2's DefaultTrainer with: the evaluators of `build_evaluator`; the guarded step
     (SOLVER.AMP.ENABLED, no non-finite loss, no exploding gradient: `train_step`); atomic
     checkpoints and a resume past damaged ones (`checkpoint`); a checkpoint on SIGTERM/SIGINT
@@ -169,16 +169,9 @@ class Trainer(DefaultTrainer):
         super().after_train()
 
     # Detectron2 0.6's DefaultTrainer checkpoints only the iteration and the hooks: the optimizer
-    # (momentum, and the LR in effect) was lost on resume. Later Detectron2 adds it like this.
-    def state_dict(self):
-        state = super().state_dict()
-        state["_trainer"] = self._trainer.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+    # (momentum, and the LR in effect) was lost on resume. Later Detectron2 adds it under this key.
+    def checkpointed_parts(self):
+        return {"_trainer": self._trainer}
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

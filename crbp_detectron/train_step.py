@@ -20,6 +20,8 @@ import torch.distributed as dist
 from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
+from .checkpoint import CheckpointedParts
+
 logger = logging.getLogger("detectron2.crbp")
 # Defaults of SOLVER.GRADIENT_GUARD (config.py) and of GradientGuard. FACTOR 20: on the demo, a
 # healthy step's norm was at most 7.9x the running median (10 seeds x 40 iterations, unclipped) and
@@ -109,7 +111,7 @@ def _all_ranks_true(flag: bool) -> bool:
     return bool(value.item())
 
 
-class GuardedTrainer(SimpleTrainer):
+class GuardedTrainer(CheckpointedParts, SimpleTrainer):
     """SimpleTrainer whose step runs under autocast when `amp` (float16 + GradScaler on CUDA,
     bfloat16 on CPU) and refuses bad steps before the optimizer moves (see the module docstring)."""
 
@@ -179,16 +181,8 @@ class GuardedTrainer(SimpleTrainer):
                 "SOLVER.BASE_LR, enable SOLVER.CLIP_GRADIENTS, or raise SOLVER.GRADIENT_GUARD.FACTOR.")
         return False
 
-    def state_dict(self):
-        state = super().state_dict()
-        state["gradient_guard"] = self.gradient_guard.state_dict()
-        if self.grad_scaler is not None:
-            state["grad_scaler"] = self.grad_scaler.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "gradient_guard" in state_dict:
-            self.gradient_guard.load_state_dict(state_dict["gradient_guard"])
-        if self.grad_scaler is not None and "grad_scaler" in state_dict:
-            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+    def checkpointed_parts(self):
+        parts = {"gradient_guard": self.gradient_guard}
+        if self.grad_scaler is not None:  # the key Detectron2's AMPTrainer uses
+            parts["grad_scaler"] = self.grad_scaler
+        return parts

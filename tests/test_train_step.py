@@ -9,7 +9,7 @@ import torch
 from detectron2.engine import HookBase
 
 from crbp_detectron.config import load_config
-from crbp_detectron.train_step import GradientGuard
+from crbp_detectron.train_step import GradientGuard, GuardedTrainer
 
 from .training_utils import CapturedLog, tiny_opts, train, weights
 
@@ -29,6 +29,37 @@ def test_guard_judges_against_the_running_median_and_names_the_offender():
     restored = GradientGuard(factor=10.0, window=4, min_history=3)
     restored.load_state_dict(guard.state_dict())
     assert restored.limit() == guard.limit() and list(restored.history) == list(guard.history)
+
+
+def _guarded_trainer(guard):
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return GuardedTrainer(model, [torch.zeros(3)], optimizer, gradient_guard=guard)
+
+
+def test_guarded_trainer_checkpoints_its_guard_beside_the_optimizer():
+    trainer = _guarded_trainer(GradientGuard(factor=10.0, window=4, min_history=1))
+    trainer.model(torch.ones(2, 3)).sum().backward()
+    trainer.optimizer.step()  # momentum buffers: the optimizer's state is not empty
+    for total in (1.0, 3.0):
+        trainer.gradient_guard.accept({"a": total})
+    trainer.gradient_guard.refuse()
+    trainer.iter = 7
+    state = trainer.state_dict()
+    assert {"iteration", "optimizer", "gradient_guard"} <= set(state) and "grad_scaler" not in state  # no AMP
+
+    restored = _guarded_trainer(GradientGuard(factor=10.0, window=4, min_history=1))
+    restored.load_state_dict(state)
+    assert restored.iter == 7 and list(restored.gradient_guard.history) == [1.0, 3.0]
+    assert restored.gradient_guard.refused_steps == 1 and restored.gradient_guard.consecutive_refusals == 1
+    assert torch.equal(restored.optimizer.state_dict()["state"][0]["momentum_buffer"],
+                       trainer.optimizer.state_dict()["state"][0]["momentum_buffer"])
+
+    # A checkpoint from before the guard existed loads and leaves the guard as it is.
+    older = {k: v for k, v in state.items() if k != "gradient_guard"}
+    fresh = _guarded_trainer(GradientGuard(factor=10.0, window=4, min_history=1))
+    fresh.load_state_dict(older)
+    assert fresh.iter == 7 and not fresh.gradient_guard.history and fresh.gradient_guard.refused_steps == 0
 
 
 class ScaleLossAt(HookBase):
