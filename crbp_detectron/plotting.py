@@ -3,16 +3,22 @@ from contextlib import contextmanager
 from typing import Optional, Sequence, Tuple
 
 
-@contextmanager
-def saved_panels(path: str, title: str, labels: Sequence[Tuple[str, str]],
-                 figsize: Optional[Tuple[float, float]] = None, dpi: int = 120):
-    """Yields one Axes per (xlabel, ylabel), side by side; on exit labels them, adds grid and
-    legend, and writes the figure to `path`."""
+def headless_pyplot():
+    """matplotlib.pyplot on the Agg backend: figures are written to files, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+@contextmanager
+def saved_panels(path: str, title: str, labels: Sequence[Tuple[str, str]],
+                 figsize: Optional[Tuple[float, float]] = None, dpi: int = 120):
+    """Yields one Axes per (xlabel, ylabel), side by side; on exit labels them, adds grid and
+    legend, and writes the figure to `path`."""
+    plt = headless_pyplot()
     fig, axes = plt.subplots(1, len(labels), figsize=figsize or (5.2 * len(labels), 4.2), squeeze=False)
     try:
         yield list(axes[0])

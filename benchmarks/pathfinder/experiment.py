@@ -143,10 +143,9 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
     i = int(np.argsort(iou)[len(iou) // 2])
     cols = sorted({1, 2, 4, 8, 12, 16, max_steps} | {groups[n][min(groups[n])]["steps"] for n in names})
     cols = [c for c in cols if c <= max_steps]
-    import matplotlib
+    from crbp_detectron.plotting import headless_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     fig, axes = plt.subplots(len(names), len(cols) + 2, figsize=(1.45 * (len(cols) + 2), 1.6 * len(names)),
                              squeeze=False)

@@ -4,15 +4,13 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ...plotting import headless_pyplot
 from .storage import PathfinderDataset
 
 
 def save_preview(path: str, samples: Sequence[Dict], columns: int = 8, title: Optional[str] = None):
     """A PNG grid: each sample's image above its label (mask in red over the image, or the class)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     n = len(samples)
     cols = min(columns, n)
     rows = math.ceil(n / cols)
