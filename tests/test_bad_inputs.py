@@ -77,7 +77,7 @@ def test_train_net_refuses_a_pathfinder_config(train_net, capsys):
     assert "tools/train_pathfinder.py" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content, message", [(os.urandom(3000), "not a PyTorch checkpoint"),
+@pytest.mark.parametrize("content, message", [(b"\x00" + os.urandom(2999), "not a PyTorch checkpoint"),
                                               (None, "weights file not found")])
 def test_train_net_names_a_bad_weights_file(train_net, tmp_path, capsys, content, message):
     weights = tmp_path / "weights.pth"

@@ -3,6 +3,7 @@ leaves the previous checkpoint and `last_checkpoint` whole; a resume given a dam
 checkpoint says so and falls back to the newest good one; unreadable weights files get our error."""
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -148,8 +149,26 @@ def test_trainer_resumes_from_the_newest_good_checkpoint(demo_root, tmp_path):
         assert torch.equal(value, expected[key]), key
 
 
+def _random_bytes(seed, size=4096):
+    # Not a pickle (0x80) nor a zip ("PK"): what a damaged or wrong file looks like
+    data = bytearray(random.Random(seed).randbytes(size))
+    data[0] = data[0] if data[0] not in (0x80, ord("P")) else 0
+    return bytes(data)
+
+
+def test_random_bytes_never_escape_as_a_bare_error(tmp_path):
+    """torch.load raises many kinds of errors on random bytes (IndexError ~8% of the time): every
+    one must come out as a CheckpointError naming the file."""
+    path = tmp_path / "weights.pth"
+    checkpointer = _checkpointer(tmp_path / "out")
+    for seed in range(300):
+        path.write_bytes(_random_bytes(seed, 64 + seed * 7))
+        with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+            checkpointer._load_file(str(path))
+
+
 @pytest.mark.parametrize("content, message", [
-    (os.urandom(4096), "not a PyTorch checkpoint"),
+    (_random_bytes(0), "not a PyTorch checkpoint"),
     (b"", "empty"),
     ("pickled", "holds Python objects that a safe load"),
 ])
