@@ -8,6 +8,7 @@ moment leaves the previous files whole (at worst an orphaned temporary file, rem
 import glob
 import logging
 import os
+import re
 import zipfile
 from typing import Any, Callable, Dict, List, Optional
 
@@ -16,6 +17,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 logger = logging.getLogger("detectron2.crbp")
+TRAINING_CHECKPOINT = re.compile(r"model_\d{7}\.pth")
 TEMPORARY_SUFFIX = ".partial"  # "<name>.pth.partial-<pid>": never matched by "*.pth"
 
 
@@ -84,10 +86,14 @@ class Checkpointer(DetectionCheckpointer):
     clear errors for unreadable weights files."""
 
     last_saved: Optional[str] = None  # name of the latest checkpoint this process wrote
+    # True: each save deletes the training checkpoint saved (or resumed from) before it, so the
+    # folder holds what --resume needs and, once training is done, only model_final.pth.
+    keep_only_latest: bool = False
 
     def save(self, name: str, **kwargs):
         if not self.save_dir or not self.save_to_disk:
             return
+        previous = self.get_checkpoint_file() if self.keep_only_latest and self.has_checkpoint() else None
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
@@ -98,6 +104,17 @@ class Checkpointer(DetectionCheckpointer):
         atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
         self.last_saved = name
+        if previous:
+            self._delete_superseded(previous, path)
+
+    def _delete_superseded(self, previous: str, latest: str):
+        """Deletes `previous` once `latest` is written, if it is a training checkpoint of this folder
+        (`model_<7 digits>.pth`, Detectron2's periodic and our preemption names): never the final
+        model or other weights files."""
+        previous = os.path.abspath(previous)
+        if (previous != os.path.abspath(latest) and os.path.dirname(previous) == os.path.abspath(self.save_dir)
+                and TRAINING_CHECKPOINT.fullmatch(os.path.basename(previous)) and os.path.isfile(previous)):
+            os.remove(previous)
 
     def tag_last_checkpoint(self, last_filename_basename: str):
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename), "w")

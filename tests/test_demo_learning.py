@@ -17,7 +17,7 @@ from crbp_detectron.config import load_config
 from crbp_detectron.data.demo import DemoParams, register_demo_datasets
 from crbp_detectron.engine import Trainer
 
-from .modeling.utils import TINY
+from .modeling.utils import tiny_demo_opts
 
 ITERATIONS = 60
 PQ_THRESHOLD = 15.0
@@ -34,9 +34,7 @@ class LossLog(HookBase):
 
 def test_demo_model_learns_through_its_recurrent_blocks(tmp_path):
     register_demo_datasets(str(tmp_path / "data"), DATA, progress=False)
-    opts = [str(o) for o in TINY]
-    for key, value in (("MODEL.ROI_HEADS.NUM_CLASSES", 4), ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 4)):
-        opts[opts.index(key) + 1] = str(value)
+    opts = tiny_demo_opts()
     opts += ["MODEL.BACKBONE.NAME", "build_resnet_crbp_fpn_backbone", "MODEL.CRBP.STEPS", "6",
              "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.02",
              "SOLVER.WARMUP_ITERS", "20", "SOLVER.STEPS", f"({int(ITERATIONS * 0.8)},)",

@@ -9,7 +9,7 @@ from PIL import Image
 from crbp_detectron.data.coco_panoptic import read_panoptic_png
 from crbp_detectron.data.demo import DemoParams, register_demo_datasets
 
-from .modeling.utils import TINY
+from .modeling.utils import tiny_demo_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,14 +22,12 @@ def predict(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("predict_tool", os.path.join(REPO, "tools", "predict.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    opts = [o for o in TINY]
-    for key, value in (("MODEL.ROI_HEADS.NUM_CLASSES", 4), ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 4)):
-        opts[opts.index(key) + 1] = value
+    opts = tiny_demo_opts()
 
     def run(inputs, out, *extra):
         # The demo config with a tiny random model; the demo datasets registered above give the classes.
         return tool.main(["--config-file", "demo/panoptic_crbp_demo.yaml", "--input", *inputs, "--output", str(out),
-                          *extra] + [str(o) for o in opts + ["INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 160]])
+                          *extra] + opts + ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"])
     return run
 
 

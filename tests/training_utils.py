@@ -9,7 +9,7 @@ from detectron2.engine import HookBase
 from crbp_detectron.data.demo import DemoParams
 from crbp_detectron.engine import Trainer
 
-from .modeling.utils import TINY
+from .modeling.utils import tiny_demo_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = DemoParams(train_images=12, val_images=2, image_size=64, min_object_size=10, max_object_size=24)
@@ -18,9 +18,7 @@ DEMO = DemoParams(train_images=12, val_images=2, image_size=64, min_object_size=
 def tiny_opts(out, **extra):
     """The demo config shrunk to seconds: 6 iterations of 2 images, no evaluation, seed 7.
     extra: KEY__SUB=value overrides."""
-    opts = [str(o) for o in TINY]
-    for key, value in (("MODEL.ROI_HEADS.NUM_CLASSES", 4), ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 4)):
-        opts[opts.index(key) + 1] = str(value)
+    opts = tiny_demo_opts()
     opts += ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.RANDOM_FLIP", "none",
              "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.01",
              "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4,)", "SOLVER.MAX_ITER", "6",

@@ -51,6 +51,7 @@ def run(args):
             return sweep_test_steps(cfg, model, args.test_steps, os.path.join(cfg.OUTPUT_DIR, "test_steps"))
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
+    trainer.checkpointer.keep_only_latest = args.keep_only_latest_checkpoint
     trainer.resume_or_load(resume=args.resume)
     try:
         return trainer.train()
@@ -63,6 +64,8 @@ def parser():
     p = default_argument_parser()
     p.add_argument("--test-steps", type=int, nargs="+", default=None,
                    help="with --eval-only: evaluate at each of these test-time recurrent step counts")
+    p.add_argument("--keep-only-latest-checkpoint", action="store_true",
+                   help="keep one checkpoint on disk (what --resume needs); a finished run leaves only model_final.pth")
     return p
 
 

@@ -94,3 +94,16 @@ def test_evaluator_scores_ground_truth_pq_100(demo, tmp_path):
     results = ground_truth_pq("crbp_demo_val_separated", paths["val"]["panoptic_json"], paths["val"]["panoptic_root"],
                               str(tmp_path))
     assert results["PQ"] == pytest.approx(100.0)
+    # PQ per class, by name, for every category that occurs in the val split.
+    val = json.load(open(paths["val"]["panoptic_json"]))
+    present = {c["name"] for c in CATEGORIES
+               if any(s["category_id"] == c["id"] for a in val["annotations"] for s in a["segments_info"])}
+    per_class = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("PQ/")}
+    assert present and set(per_class) >= present
+    assert all(per_class[name] == pytest.approx(100.0) for name in present)
+    # Leaving one class out of the prediction costs that class, and only it.
+    left_out = next(c for c in CATEGORIES if c["isthing"] and c["name"] in present)
+    dropped = ground_truth_pq("crbp_demo_val_separated", paths["val"]["panoptic_json"], paths["val"]["panoptic_root"],
+                              str(tmp_path / "dropped"), drop_category=left_out["id"])
+    assert dropped[f"PQ/{left_out['name']}"] == 0.0
+    assert all(dropped[f"PQ/{name}"] == pytest.approx(100.0) for name in present - {left_out["name"]})

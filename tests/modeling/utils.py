@@ -20,6 +20,16 @@ TINY = [
 ]
 
 
+def tiny_demo_opts():
+    """TINY for the embedded demo data: its thing classes, and its stuff classes + "things"."""
+    from crbp_detectron.data.demo import STUFF, THINGS
+
+    opts = [str(o) for o in TINY]
+    for key, value in (("MODEL.ROI_HEADS.NUM_CLASSES", len(THINGS)), ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(STUFF) + 1)):
+        opts[opts.index(key) + 1] = str(value)
+    return opts
+
+
 def synthetic_batch(num_images=2, size=64, num_classes=3, seed=0):
     """Images with a few random boxes, their masks and a semantic map (stuff classes 0..2)."""
     g = torch.Generator().manual_seed(seed)
