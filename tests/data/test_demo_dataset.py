@@ -8,11 +8,13 @@ import pytest
 from PIL import Image
 
 from crbp_detectron.data.coco_panoptic import read_panoptic_png, validate_panoptic_dataset
-from crbp_detectron.data.demo import CATEGORIES, DemoParams, generate_demo_dataset, register_demo_datasets
+from crbp_detectron.data.demo import (CATEGORIES, DemoParams, generate_demo_dataset, register_demo_datasets,
+                                     render_image)
 
 from .utils import ground_truth_pq
 
 SMALL = DemoParams(train_images=6, val_images=4, seed=3)
+CURVE_ID = next(c["id"] for c in CATEGORIES if c["name"] == "curve")
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +85,35 @@ def test_shapes_have_several_classes_sizes_and_occlusion(demo):
     _, paths = demo
     instances = json.load(open(paths["train"]["instances_json"]))["annotations"]
     assert len({a["category_id"] for a in instances}) >= 3
-    areas = [a["area"] for a in instances]
+    areas = [a["area"] for a in instances if a["category_id"] != CURVE_ID]
     assert max(areas) > 3 * min(areas)
+
+
+def test_curves_need_grouping():
+    """A curve is long and thin, made of separate dashes; the curves of an image share one colour
+    and most pairs cross, so colour cannot tell them apart."""
+    import cv2
+
+    params = DemoParams(image_size=128, max_curves=2, seed=5)
+    curves, images_with_two, crossing = 0, 0, 0
+    for idx in range(40):
+        rng = np.random.default_rng([params.seed, 1, idx])
+        image, ids, segments = render_image(rng, params)
+        curve_segments = [s for s in segments if s["category_id"] == CURVE_ID]
+        masks = [ids == s["id"] for s in curve_segments]
+        for segment, mask in zip(curve_segments, masks):
+            curves += 1
+            assert max(segment["bbox"][2:]) >= 0.35 * params.image_size  # long
+            assert not cv2.erode(mask.astype(np.uint8), np.ones((11, 11), np.uint8)).any()  # thin: < 11 px across
+            assert cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 >= 2  # dashes
+        if len(masks) == 2:
+            images_with_two += 1
+            colours = [np.median(image[m], axis=0) for m in masks]
+            assert np.abs(colours[0] - colours[1]).max() < 40  # one colour (+ texture noise)
+            near = cv2.dilate(masks[0].astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            crossing += bool((near & masks[1]).any())
+    assert curves >= 20 and images_with_two >= 5
+    assert crossing >= 0.5 * images_with_two
 
 
 def test_evaluator_scores_ground_truth_pq_100(demo, tmp_path):
