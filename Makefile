@@ -2,6 +2,7 @@
 #   make setup  - create .venv (python3.11), install torch/torchvision, detectron2 and this package
 #   make test   - run the test suite
 #   make demo   - run tools/run_demo.py
+#   make demo-compare - feed-forward against C-RBP Panoptic FPN on the demo data (tools/run_demo.py --compare)
 #   make lock   - re-resolve requirements/setup.txt from requirements/setup.in (needs uv)
 # `make setup` is idempotent: a stamp file makes a re-run a no-op until one of its inputs changes
 # (setup.py, this Makefile, the lock file, the detectron2 installer and its files); each step
@@ -25,7 +26,7 @@ LOCK := requirements/setup.txt
 SETUP_INPUTS := Makefile $(LOCK) tools/install_detectron2.py $(wildcard tools/detectron2_pure/*) \
 	$(wildcard setup.py setup.cfg pyproject.toml)
 
-.PHONY: setup test demo lock clean-setup
+.PHONY: setup test demo demo-compare lock clean-setup
 
 setup: $(STAMP)
 
@@ -50,6 +51,9 @@ test: setup
 
 demo: setup
 	$(VPY) tools/run_demo.py
+
+demo-compare: setup
+	$(VPY) tools/run_demo.py --compare
 
 # The lock: versions that satisfy requirements/setup.in (and overrides.txt), with the sha256 of
 # every file PyPI has for them. Keeps the current pins where they still fit; `make lock

@@ -8,6 +8,13 @@ evaluator, and write numbers and pictures to output/demo/:
     predictions/             overlays of a few val images (Detectron2's Visualizer) + panoptic PNG/JSON
     test_steps/              PQ against test-time recurrent steps (CSV + PNG)
     residuals.png            the recurrent block's residual against step: does it converge?
+    model_final.pth          the trained model (the only checkpoint left on disk)
+
+    python tools/run_demo.py --compare   (make demo-compare) trains the feed-forward Panoptic FPN and the
+    C-RBP one on the same data and budget, three seeds each, and writes the side-by-side table and
+    picture to benchmarks/results/ (benchmarks/demo_compare.py; its --help for seeds, models,
+    threads). Measured: one seed of each trained in 10 and 14 min (one thread each, both at once,
+    on a 2-core CPU shared with other jobs); three seeds take about three times as long.
 """
 import os
 
@@ -85,8 +92,14 @@ def main(argv=None):
     parser.add_argument("--output", default=os.path.join(REPO, "output", "demo"))
     parser.add_argument("--test-steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 24])
     parser.add_argument("--overlays", type=int, default=6, help="val images to draw")
+    parser.add_argument("--compare", action="store_true",
+                        help="instead: feed-forward against C-RBP, 3 seeds each (benchmarks/demo_compare.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for training, KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.compare:
+        cmd = [sys.executable, os.path.join(REPO, "benchmarks", "demo_compare.py")] + args.opts
+        print("$ " + " ".join(cmd), flush=True)
+        return subprocess.run(cmd).returncode
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     timings = {}
@@ -108,7 +121,7 @@ def main(argv=None):
     t = time.time()
     print("== 2/4 training (tools/train_net.py) and COCO panoptic evaluation", flush=True)
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", CONFIG,
-           "OUTPUT_DIR", out] + args.opts
+           "--keep-only-latest-checkpoint", "OUTPUT_DIR", out] + args.opts
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     timings["training + evaluation"] = time.time() - t

@@ -133,3 +133,49 @@ def test_model_cost_tiny(tmp_path):
     md = (tmp_path / "model_cost.md").read_text()
     assert "python -m benchmarks.model_cost --workloads train infer" in md and "### Inference, 128x128" in md
     assert (tmp_path / "model_cost_infer.png").stat().st_size > 0
+
+
+def test_demo_compare_report(tmp_path):
+    """The side-by-side report from per-run results: one row per model with mean ± std over seeds,
+    PQ per class in the dataset's category order, the command that made the runs, the picture."""
+    import json
+
+    from benchmarks import demo_compare
+    from crbp_detectron.data.coco_panoptic import read_panoptic_png
+    from crbp_detectron.data.demo import CATEGORIES, DemoParams, register_demo_datasets
+    from crbp_detectron.data.demo import generate_demo_dataset
+
+    params = DemoParams(train_images=2, val_images=3, seed=1)
+    paths = generate_demo_dataset(str(tmp_path / "data"), params, progress=False)
+    register_demo_datasets(str(tmp_path / "data"), params, progress=False)
+    with open(paths["val"]["panoptic_json"]) as f:
+        truth = json.load(f)["annotations"][:2]
+    pictures = []  # the ground truth as each model's prediction
+    for ann in truth:
+        ids = read_panoptic_png(f"{paths['val']['panoptic_root']}/{ann['file_name']}")
+        segments = [{"id": s["id"], "category_id": s["category_id"], "isthing": int(s["category_id"] < 10),
+                     "rle": demo_compare._rle(ids == s["id"])} for s in ann["segments_info"]]
+        pictures.append({"file_name": ann["file_name"].replace(".png", ".jpg"), "segments": segments})
+    (tmp_path / "results" / "demo_compare").mkdir(parents=True)
+    for model, pqs in (("feedforward", (60.0, 70.0)), ("crbp", (50.0, 50.0))):
+        for seed, pq in enumerate(pqs):
+            evaluation = {"panoptic_seg/PQ": pq, "panoptic_seg/PQ_th": pq - 10, "panoptic_seg/PQ_st": pq + 10,
+                          "bbox/AP": 40.0, **{f"panoptic_seg/PQ/{c['name']}": float(c["id"]) for c in CATEGORIES}}
+            run = {"model": model, "label": demo_compare.MODELS[model][1], "seed": seed, "iterations": 500,
+                   "ims_per_batch": 4, "evaluation": evaluation, "instances_confidence_thresh": 0.5,
+                   "trainable_parameters": 1234567, "saved_for_backward_bytes": 3 * 2 ** 20,
+                   "seconds_per_iteration": 0.5, "inference_ms_per_image": 100.0, "pictures": pictures,
+                   "command": f"python benchmarks/demo_compare.py --models {model}", "machine": "cpu: test",
+                   "data": "test data", "training_wall_seconds": 60.0}
+            (tmp_path / "results" / "demo_compare" / f"{model}_seed{seed}.json").write_text(json.dumps(run))
+    demo_compare.write_report(str(tmp_path / "results"), paths)
+    md = (tmp_path / "results" / "demo_compare.md").read_text()
+    assert "python benchmarks/demo_compare.py --models crbp\npython benchmarks/demo_compare.py --models feedforward" in md
+    rows = table_rows(md, [label for _, label in demo_compare.MODELS.values()])
+    assert rows[0][:5] == ["Panoptic FPN (feed-forward)", "0, 1", "65.0 ± 7.1", "55.0 ± 7.1", "75.0 ± 7.1"]
+    assert rows[1][:5] == ["C-RBP Panoptic FPN", "0, 1", "50.0 ± 0.0", "40.0 ± 0.0", "60.0 ± 0.0"]
+    assert rows[1][6:8] == ["1,234,567", "3.0"]
+    per_class = table_rows(md, [c["name"] for c in CATEGORIES])
+    assert [r[0] for r in per_class] == [c["name"] for c in CATEGORIES]  # things first, then stuff
+    assert all(r[1] == r[2] == f"{c['id']:.1f} ± 0.0" for r, c in zip(per_class, CATEGORIES))
+    assert (tmp_path / "results" / "demo_compare.png").stat().st_size > 0
