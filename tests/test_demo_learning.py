@@ -1,9 +1,9 @@
 """The demo model learns through its recurrent blocks: a short training run on the embedded demo
 data lowers the loss and reaches a PQ that a model whose C-RBP gradient is broken does not.
 
-Calibration (60 iterations, this configuration, demo data v3 at 64 px, CPU): PQ 16.9 (PQ_st 45.2)
-with the C-RBP gradient; PQ 0.6 (PQ_st 1.5) with the RBP gradient zeroed (the backward solve's
-solution replaced by zeros), which starves the backbone, since every head's gradient passes through
+Calibration (60 iterations, this configuration, demo data v4 at 64 px, CPU): PQ 16.9 (PQ_st 45.0)
+with the C-RBP gradient; PQ 0.0 (PQ_st 0.0) with the RBP gradient zeroed (the backward solve's
+solution replaced by zeros; v3 data: 16.9 against 0.6), which starves the backbone, since every head's gradient passes through
 the recurrent FPN blocks. The threshold sits between the two with margin on both sides.
 """
 import json

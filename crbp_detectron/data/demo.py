@@ -27,7 +27,7 @@ from PIL import Image
 
 from .coco_panoptic import panoptic_to_instances, register_panoptic_separated, write_stuff_pngs
 
-VERSION = 3
+VERSION = 4
 DEMO_DATASETS = ("crbp_demo_train", "crbp_demo_val")
 # A thing's colour is its class's "color" jittered by up to COLOUR_JITTER per channel. Form alone
 # (v1) was not learned in the demo's budget: after 900 iterations the detector found the shapes
@@ -138,11 +138,11 @@ def _curve_path(rng, size, length, through=None):
 
 
 def _dashed_curve_mask(rng, size, path):
-    """Dashes along `path`: size/16 wide (8 px at 128 px, round ends), centre lines size/8 long,
-    size/6 apart (about 13 px of visible gap at 128 px). Thinner dashes (5 px) were lost by the
+    """Dashes along `path`: size/10 wide (13 px at 128 px, round ends), centre lines size/8 long,
+    size/5 apart (about 13 px of visible gap at 128 px). Thinner dashes (5 px) were lost by the
     mask head's 28 x 28 targets over a curve's box (~4 px a cell): no curve was segmented."""
-    dash, gap = size / 8, size / 6
-    thickness = max(1, round(size / 16))
+    dash, gap = size / 8, size / 5
+    thickness = max(1, round(size / 10))
     mask = np.zeros((size, size), np.uint8)
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
     on = (arc + rng.uniform(0, dash + gap)) % (dash + gap) < dash

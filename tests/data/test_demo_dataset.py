@@ -104,7 +104,7 @@ def test_curves_need_grouping():
         for segment, mask in zip(curve_segments, masks):
             curves += 1
             assert max(segment["bbox"][2:]) >= 0.35 * params.image_size  # long
-            assert not cv2.erode(mask.astype(np.uint8), np.ones((11, 11), np.uint8)).any()  # thin: < 11 px across
+            assert not cv2.erode(mask.astype(np.uint8), np.ones((17, 17), np.uint8)).any()  # thin: < 17 px across
             assert cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 >= 2  # dashes
         if len(masks) == 2:
             images_with_two += 1
