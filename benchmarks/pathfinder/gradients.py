@@ -27,14 +27,18 @@ def gradient_balance(cfg, seed: int = 0, batch: int = 32) -> Dict[str, float]:
     model = PathfinderTrainer.build_model(cfg)
     model.train()
     inputs = [load_sample(r) for r in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[::97][:batch]]
-    losses = model(inputs)
     params = [p for p in model.parameters() if p.requires_grad]
     cell = {id(p) for p in model.body.parameters()}
-    penalty = sum(v for k, v in losses.items() if k.startswith("loss_penalty"))
-    if not torch.is_tensor(penalty):  # no penalty in the loss (rbp, or scale 0)
+
+    def penalty_of(losses):
+        return sum(v for k, v in losses.items() if k.startswith("loss_penalty"))
+
+    # One forward per gradient: the C-RBP backward runs once per forward (no retain_graph)
+    losses = model(inputs)
+    if not torch.is_tensor(penalty_of(losses)):  # no penalty in the loss (rbp, or scale 0)
         return {}
-    task = torch.autograd.grad(losses["loss_pixel"], params, retain_graph=True, allow_unused=True)
-    pen = torch.autograd.grad(penalty, params, allow_unused=True)
+    task = torch.autograd.grad(losses["loss_pixel"], params, allow_unused=True)
+    pen = torch.autograd.grad(penalty_of(model(inputs)), params, allow_unused=True)
     task = [torch.zeros_like(p) if g is None else g for g, p in zip(task, params)]
     pen = [torch.zeros_like(p) if g is None else g for g, p in zip(pen, params)]
     in_cell = [id(p) in cell for p in params]
