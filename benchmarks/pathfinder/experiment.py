@@ -38,6 +38,7 @@ MODELS = {
     "rbp": ("hGRU RBP (no penalty)", "pathfinder/rbp.yaml"),
     "cnn": ("CNN, parameter-matched", "pathfinder/cnn.yaml"),
     "bptt_full": ("hGRU BPTT, C-RBP's steps", "pathfinder/bptt.yaml"),
+    "crbp_weight10": ("hGRU C-RBP, penalty weight 10", "pathfinder/crbp_weight10.yaml"),
 }
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
 MAX_BPTT_STEPS = 12
@@ -169,6 +170,17 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
 
 
 # ------------------------------------------------------------------------------ report
+def bptt_memory_sentence(memory: dict) -> str:
+    k = memory["bptt_steps_same_memory"]
+    ratio = memory["bptt"][str(k)] / memory["crbp"]
+    if ratio <= 1:
+        return (f"The BPTT whose memory fits in C-RBP's has **{k} step(s)** ({ratio:.2f}x C-RBP's bytes); "
+                "C-BPTT uses the same steps.")
+    return (f"**No BPTT fits in C-RBP's memory**: one step already saves {ratio:.2f}x C-RBP's bytes (C-RBP keeps "
+            "only the drive, the equilibrium and the parameters for its backward). The comparison uses the "
+            "smallest BPTT, **1 step**; C-BPTT uses the same.")
+
+
 def write_report(command: str, memory: dict, setting: Setting):
     found = load_experiment(EXPERIMENT, setting.results_dir)
     groups = {name: found[name] for name in MODELS if name in found}
@@ -265,7 +277,7 @@ over seeds. Code version of the runs: {sorted({r.get('code', '?') for runs in gr
 
 {memory_table}
 
-The BPTT whose memory fits in C-RBP's has **{memory['bptt_steps_same_memory']} step(s)**; C-BPTT uses the same steps.
+{bptt_memory_sentence(memory)}
 
 ## IoU per contour length at each model's training horizon
 

@@ -1,0 +1,128 @@
+"""Is a trained Pathfinder hGRU at its equilibrium when its readout is trained? Runs seed 0's
+weights of an experiment model far past its training horizon on test contours and reports, per
+step: the IoU, the relative step size ||h_t - h_(t-1)|| / ||h_t|| (what the forward's residual
+test sees), the distance to the state after many more steps ||h_t - h_T|| / ||h_T||, and a
+power-iteration estimate of the spectral radius of J = dF/dh at the horizon and at step T (the
+Neumann/RBP gradient is that of the fixed point only if the state is there and rho(J) < 1). Also
+the IoU at the horizon when the same images are evaluated in smaller batches (the cell's
+BatchNorm normalises with the test batch's statistics).
+
+    python -m benchmarks.pathfinder.equilibrium --models crbp rbp --length 14
+
+Writes benchmarks/results/pathfinder_equilibrium.md and .png (needs the experiment's seed-0
+weights: python -m benchmarks.pathfinder.experiment).
+"""
+import argparse
+import os
+import shlex
+import sys
+
+import torch
+
+from crbp_detectron.pathfinder.data import test_name, test_tensors
+from crbp_detectron.pathfinder.engine import PathfinderTrainer, prepare_datasets
+from crbp_detectron.plotting import saved_panels
+from crbp_detectron.tables import markdown_table
+
+from .experiment import EXPERIMENT, MODELS, Setting
+from .runs import RESULTS_DIR, experiment_dir, load_experiment
+
+
+def _iou(logits, masks):
+    pred, target = logits > 0, masks.bool()
+    return float((pred & target).sum() / (pred | target).sum().clamp_min(1))
+
+
+def spectral_radius(cell, x, h, iterations: int = 60) -> float:
+    """|largest eigenvalue| of dF/dh at (x, h) by power iteration on vector-Jacobian products
+    (the growth rate over the last third of the iterations)."""
+    h = h.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = cell(x.detach(), h)
+    v = torch.randn_like(h, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm()
+    norms = []
+    for _ in range(iterations):
+        (v,) = torch.autograd.grad(out, h, v, retain_graph=True)
+        norms.append(float(v.norm()))
+        v = v / v.norm().clamp_min(1e-30)
+    tail = norms[2 * iterations // 3:]
+    return float(torch.tensor(tail).log().mean().exp())
+
+
+@torch.no_grad()
+def trace(model, images, masks, far: int):
+    x = model.front(images)
+    h = model.recurrence.initial_state(x)
+    states, ious, steps = [], [], []
+    for _ in range(far):
+        h_next = model.recurrence.cell(x, h)
+        steps.append(float((h_next - h).flatten(1).norm(dim=1).div(h_next.flatten(1).norm(dim=1).clamp_min(1e-12)).mean()))
+        h = h_next
+        states.append(h)
+        ious.append(_iou(model.readout(h, images), masks))
+    distance = [float((s - h).flatten(1).norm(dim=1).div(h.flatten(1).norm(dim=1).clamp_min(1e-12)).mean()) for s in states]
+    return x, states, ious, steps, distance
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["crbp", "rbp"], choices=[m for m in MODELS if m != "cnn"])
+    p.add_argument("--length", type=int, default=14)
+    p.add_argument("--count", type=int, default=64, help="test images")
+    p.add_argument("--far", type=int, default=200, help="steps run (the 'far' state h_T)")
+    p.add_argument("--results", default=RESULTS_DIR)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    setting = Setting(args.results, os.environ.get("CRBP_PATHFINDER_DIR", ""))
+    found = load_experiment(EXPERIMENT, args.results)
+    rows, curves = [], {}
+    for name in args.models:
+        runs = found.get(name, {})
+        weights = os.path.join(experiment_dir(args.results, EXPERIMENT), name, "seed0_model.pth")
+        if 0 not in runs or not os.path.exists(weights):
+            print(f"skipping {name}: no seed-0 result and weights ({weights})")
+            continue
+        horizon = runs[0]["steps"]
+        cfg = setting.cfg(name, ["MODEL.CRBP.STEPS", horizon])
+        prepare_datasets(cfg)
+        model = PathfinderTrainer.build_model(cfg)
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        model.eval()
+        images, masks = test_tensors(cfg, test_name(args.length), args.count)
+        x, states, ious, steps, distance = trace(model, images, masks, args.far)
+        rho_h = spectral_radius(model.recurrence.cell, x, states[horizon - 1])
+        rho_far = spectral_radius(model.recurrence.cell, x, states[-1])
+        with torch.no_grad():
+            small = [model.readout(model.recurrence.cell(xb, sb), ib) for xb, sb, ib in  # one more step, batches of 4
+                     zip(x.split(4), states[horizon - 2].split(4), images.split(4))] if horizon > 1 else []
+        small_iou = _iou(torch.cat(small), masks) if small else float("nan")
+        rows.append([MODELS[name][0], horizon, f"{ious[horizon - 1]:.3f}", f"{ious[2 * horizon - 1]:.3f}",
+                     f"{ious[-1]:.3f}", f"{max(ious):.3f} (step {ious.index(max(ious)) + 1})",
+                     f"{steps[horizon - 1]:.4f}", f"{distance[horizon - 1]:.3f}", f"{rho_h:.3f}", f"{rho_far:.3f}",
+                     f"{small_iou:.3f}"])
+        curves[MODELS[name][0]] = (ious, steps, distance, horizon)
+        print(rows[-1], flush=True)
+    table = markdown_table(["model", "horizon", "IoU at horizon", "at 2x", f"at step {args.far}", "best",
+                            "step size at horizon", "distance to h_T at horizon", "rho(J) at horizon",
+                            f"rho(J) at step {args.far}", "IoU at horizon, batches of 4"], rows)
+    png = os.path.join(args.results, "pathfinder_equilibrium.png")
+    with saved_panels(png, f"Seed 0 on {args.count} test contours of {args.length} paddles, run to step {args.far}",
+                      [("step", "IoU"), ("step", "relative step size"), ("step", "distance to h_T")]) as axes:
+        for label, (ious, steps, distance, horizon) in curves.items():
+            t = range(1, len(ious) + 1)
+            line = axes[0].plot(t, ious, label=label)[0]
+            axes[1].semilogy(t, steps, label=label, color=line.get_color())
+            axes[2].semilogy(t, [max(d, 1e-8) for d in distance], label=label, color=line.get_color())
+            for ax in axes:
+                ax.axvline(horizon, color=line.get_color(), ls="--", lw=0.8)
+    command = "python -m benchmarks.pathfinder.equilibrium " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    md = os.path.join(args.results, "pathfinder_equilibrium.md")
+    with open(md, "w") as f:
+        f.write(f"# Pathfinder: is the trained hGRU at its equilibrium?\n\nProduced by:\n\n```\n{command}\n```\n\n"
+                f"{__doc__.split(chr(10) + chr(10))[0]}\n\n{table}\n\n![equilibrium](pathfinder_equilibrium.png)\n")
+    print(f"wrote {md}\n{table}")
+
+
+if __name__ == "__main__":
+    main()
