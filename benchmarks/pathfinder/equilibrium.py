@@ -20,6 +20,7 @@ import sys
 import torch
 
 from crbp_detectron.pathfinder.data import test_name, test_tensors
+from crbp_detectron.pathfinder.evaluation import PixelCounts
 from crbp_detectron.pathfinder.engine import PathfinderTrainer, prepare_datasets
 from crbp_detectron.plotting import saved_panels
 from crbp_detectron.tables import markdown_table
@@ -29,8 +30,7 @@ from .runs import RESULTS_DIR, experiment_dir, load_experiment
 
 
 def _iou(logits, masks):
-    pred, target = logits > 0, masks.bool()
-    return float((pred & target).sum() / (pred | target).sum().clamp_min(1))
+    return PixelCounts().add(logits > 0, masks).metrics()["iou"]  # pooled over images, as the evaluator
 
 
 def spectral_radius(cell, x, h, iterations: int = 60) -> float:
