@@ -16,9 +16,11 @@ import argparse
 import os
 import shlex
 import sys
+import tempfile
 
 import torch
 
+from crbp_detectron.pathfinder.config import load_pathfinder_config
 from crbp_detectron.pathfinder.data import test_name, test_tensors
 from crbp_detectron.pathfinder.evaluation import PixelCounts
 from crbp_detectron.pathfinder.engine import PathfinderTrainer, prepare_datasets
@@ -31,6 +33,17 @@ from .runs import RESULTS_DIR, experiment_dir, load_experiment
 
 def _iou(logits, masks):
     return PixelCounts().add(logits > 0, masks).metrics()["iou"]  # pooled over images, as the evaluator
+
+
+def run_config(result: dict, data_root: str = ""):
+    """The config a run was trained with (its results hold the dump), its data read from
+    `data_root` when given."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(result["config"])
+    try:
+        return load_pathfinder_config(f.name, ["PATHFINDER.DATA.ROOT", data_root] if data_root else [])
+    finally:
+        os.unlink(f.name)
 
 
 def spectral_radius(cell, x, h, iterations: int = 60) -> float:
@@ -84,7 +97,7 @@ def main(argv=None):
             print(f"skipping {name}: no seed-0 result and weights ({weights})")
             continue
         horizon = runs[0]["steps"]
-        cfg = setting.cfg(name, ["MODEL.CRBP.STEPS", horizon])
+        cfg = run_config(runs[0], setting.data_root)
         prepare_datasets(cfg)
         model = PathfinderTrainer.build_model(cfg)
         model.load_state_dict(torch.load(weights, weights_only=True))

@@ -1,0 +1,57 @@
+"""The Pathfinder benchmarks end to end on a tiny setting: the experiment trains its models through
+the tool, writes per-run JSON and its report; the equilibrium diagnostic reads the seed-0 weights and
+reports numbers that mean something (IoU in [0, 1], a spectral radius, a distance that shrinks)."""
+import json
+import os
+
+import pytest
+
+from ..pathfinder.test_training import TINY
+
+TINY_EXPERIMENT = [str(v) if not isinstance(v, list) else str(v) for v in TINY] + [
+    "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "0", "PATHFINDER.MODEL.STRIDE", "1",
+    "PATHFINDER.MODEL.CNN_LAYERS", "2", "PATHFINDER.EVAL.SWEEP_MAX_STEPS", "6"]
+
+
+@pytest.fixture(scope="module")
+def experiment_results(tmp_path_factory):
+    from benchmarks.pathfinder import experiment
+
+    tmp = tmp_path_factory.mktemp("pf_bench")
+    os.environ["CRBP_PATHFINDER_DIR"] = str(tmp / "data")
+    try:
+        experiment.main(["--models", "crbp", "bptt", "cnn", "--seeds", "0", "--workers", "1",
+                         "--scratch", str(tmp / "scratch"), "--results", str(tmp / "results"),
+                         "--opts", *TINY_EXPERIMENT])
+    finally:
+        os.environ.pop("CRBP_PATHFINDER_DIR")
+    return tmp
+
+
+def test_experiment_writes_runs_and_report(experiment_results):
+    results = experiment_results / "results"
+    for model in ("crbp", "bptt", "cnn"):
+        run = json.loads((results / "pathfinder" / "experiment" / model / "seed0.json").read_text())
+        assert set(run["test"]) == {"3", "4"} and all(0 <= v["iou"] <= 1 for v in run["test"].values())
+    memory = json.loads((results / "pathfinder" / "experiment" / "memory.json").read_text())
+    assert memory["crbp"] == memory["crbp_2x_steps"]  # flat in steps
+    report = (results / "pathfinder.md").read_text()
+    assert "hGRU C-RBP" in report and "CNN, parameter-matched" in report and "BPTT" in report
+    for picture in ("pathfinder_steps.png", "pathfinder_curves.png", "pathfinder_evolution.png"):
+        assert (results / picture).stat().st_size > 0
+
+
+def test_equilibrium_diagnostic_reads_the_weights(experiment_results):
+    from benchmarks.pathfinder import equilibrium
+
+    os.environ["CRBP_PATHFINDER_DIR"] = str(experiment_results / "data")
+    try:
+        equilibrium.main(["--models", "crbp", "--length", "3", "--count", "8", "--far", "12",
+                          "--results", str(experiment_results / "results")])
+    finally:
+        os.environ.pop("CRBP_PATHFINDER_DIR")
+    table = (experiment_results / "results" / "pathfinder_equilibrium.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| hGRU C-RBP"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    iou, distance, rho = float(cells[2]), float(cells[7]), float(cells[8])
+    assert 0 <= iou <= 1 and 0 <= distance and 0 < rho < 10
