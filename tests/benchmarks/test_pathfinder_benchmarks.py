@@ -8,7 +8,7 @@ import pytest
 
 from ..pathfinder.test_training import TINY
 
-TINY_EXPERIMENT = [str(v) if not isinstance(v, list) else str(v) for v in TINY] + [
+TINY_EXPERIMENT = [str(v) for v in TINY] + [
     "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "0", "PATHFINDER.MODEL.STRIDE", "1",
     "PATHFINDER.MODEL.CNN_LAYERS", "2", "PATHFINDER.EVAL.SWEEP_MAX_STEPS", "6"]
 
