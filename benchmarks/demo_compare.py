@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from benchmarks.machine import machine_info, machine_line  # noqa: E402
 from crbp_detectron.crbp.memory import saved_bytes  # noqa: E402
+from crbp_detectron.engine import final_panoptic_metrics  # noqa: E402
 from crbp_detectron.tables import markdown_table  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -64,15 +65,8 @@ def train(model, seed, run_dir, threads, opts):
     return time.time() - start
 
 
-def final_evaluation(metrics_json):
-    last = None
-    with open(metrics_json) as f:
-        for line in f:
-            entry = json.loads(line)
-            if "panoptic_seg/PQ" in entry:
-                last = entry
-    if last is None:
-        raise RuntimeError(f"{metrics_json}: no panoptic evaluation results")
+def panoptic_results(metrics_json):
+    last = final_panoptic_metrics(metrics_json)
     return {k: v for k, v in last.items() if k.startswith(("panoptic_seg/", "bbox/AP", "segm/AP"))}
 
 
@@ -110,7 +104,7 @@ def measure(model_name, seed, run_dir, threads, opts, data_paths):
     metrics_json = os.path.join(run_dir, "metrics.json")
     result = {"model": model_name, "label": MODELS[model_name][1], "config": MODELS[model_name][0], "seed": seed,
               "opts": list(opts), "threads": threads, "iterations": cfg.SOLVER.MAX_ITER,
-              "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "evaluation": final_evaluation(metrics_json),
+              "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "evaluation": panoptic_results(metrics_json),
               "instances_confidence_thresh": cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH,
               "seconds_per_iteration": seconds_per_iteration(metrics_json),
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}

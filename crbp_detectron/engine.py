@@ -267,3 +267,19 @@ def register_datasets(cfg):
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     if any(n.startswith(DEMO_DATASETS) for n in names):
         register_demo_datasets(progress=comm.is_main_process())
+
+
+def final_panoptic_metrics(metrics_json: str) -> dict:
+    """The last entry of a training run's metrics.json (Detectron2's JSONWriter) that holds
+    panoptic evaluation results."""
+    import json
+
+    last = None
+    with open(metrics_json) as f:
+        for line in f:
+            entry = json.loads(line)
+            if "panoptic_seg/PQ" in entry:
+                last = entry
+    if last is None:
+        raise RuntimeError(f"{metrics_json}: no panoptic evaluation results")
+    return last

@@ -21,7 +21,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spin-wait thrash on shared CPUs
 
 import argparse
-import json
 import logging
 import subprocess
 import sys
@@ -31,19 +30,6 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "demo/panoptic_crbp_demo.yaml"
-
-
-def final_metrics(metrics_json):
-    """The last metrics.json entry that has panoptic results."""
-    last = None
-    with open(metrics_json) as f:
-        for line in f:
-            entry = json.loads(line)
-            if "panoptic_seg/PQ" in entry:
-                last = entry
-    if last is None:
-        raise RuntimeError(f"{metrics_json}: no panoptic evaluation results")
-    return last
 
 
 def pq_table(metrics):
@@ -109,7 +95,7 @@ def main(argv=None):
 
     from crbp_detectron.config import load_config
     from crbp_detectron.data.demo import generate_demo_dataset
-    from crbp_detectron.engine import register_datasets
+    from crbp_detectron.engine import final_panoptic_metrics, register_datasets
     from crbp_detectron.test_steps import sweep_test_steps
     from crbp_detectron.inference import Predictor, predict_files, read_image_rgb
 
@@ -125,7 +111,7 @@ def main(argv=None):
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     timings["training + evaluation"] = time.time() - t
-    metrics = final_metrics(os.path.join(out, "metrics.json"))
+    metrics = final_panoptic_metrics(os.path.join(out, "metrics.json"))
     with open(os.path.join(out, "pq_table.md"), "w") as f:
         f.write(pq_table(metrics))
 
