@@ -9,8 +9,13 @@ How the number of RoIs is forced:
              BATCH_SIZE_PER_IMAGE (512) x POSITIVE_FRACTION of them, and the ground-truth boxes are
              always among the candidates (PROPOSAL_APPEND_GT). With N ground-truth boxes and
              POSITIVE_FRACTION = N / 512 exactly N RoIs reach the mask head (checked by a hook).
-  inference  SCORE_THRESH_TEST 0 and NMS_THRESH_TEST 1 keep every (proposal, class) candidate;
-             TEST.DETECTIONS_PER_IMAGE = K keeps the top K: the mask head runs on K RoIs (checked).
+  inference  the RPN's and the box predictor's output layers are zeroed (force_detections): every
+             anchor becomes a proposal with the same score (with random weights the features
+             reach ~1e4, the box deltas saturate, and NMS merged the clipped boxes into one to six
+             proposals), every class scores 1/(C+1); SCORE_THRESH_TEST 0 and NMS_THRESH_TEST 1
+             keep every (proposal, class) candidate and TEST.DETECTIONS_PER_IMAGE = K keeps K:
+             the mask head runs on K RoIs (checked). The FLOPs of a layer do not depend on its
+             weights, so zeroing them changes which boxes are kept, not what they cost.
 """
 import time
 from typing import Dict, List, Optional, Tuple
@@ -169,6 +174,17 @@ def infer_opts(detections: int, tol: float, name: str) -> list:
     return opts + (["MODEL.CRBP.TOL", tol] if name == EARLY_STOP else [])
 
 
+def force_detections(model):
+    """Zero the RPN head's objectness and box-delta layers and the box predictor's class and box
+    layers (see the module's docstring): proposals are the anchors, all candidates tie."""
+    rpn, predictor = model.proposal_generator.rpn_head, model.roi_heads.box_predictor
+    with torch.no_grad():
+        for layer in (rpn.objectness_logits, rpn.anchor_deltas, predictor.cls_score, predictor.bbox_pred):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    return model
+
+
 def flop_count(model, inputs) -> Tuple[float, float]:
     """(total, mask head) FLOPs by fvcore through Detectron2's FlopCountAnalysis (one multiply-add
     = one flop, fvcore's convention)."""
@@ -190,6 +206,7 @@ def measure_inference(names: List[str], size: Tuple[int, int], detections: int, 
     for name in names:
         config, opts = INFER_CONFIGS[name]
         model, _ = build(config, opts + infer_opts(detections, tol, name), device, train=False)
+        force_detections(model)
         tracker = OwnerTracker(model)
         flops, mask_flops = flop_count(model, inputs)
         rows[name] = {"flops": flops, "mask_head_flops": mask_flops, "rois_seen": list(tracker.rois)}
