@@ -38,7 +38,11 @@ MODELS = {
     "rbp": ("hGRU RBP (no penalty)", "pathfinder/rbp.yaml"),
     "cnn": ("CNN, parameter-matched", "pathfinder/cnn.yaml"),
     "bptt_full": ("hGRU BPTT, C-RBP's steps", "pathfinder/bptt.yaml"),
-    "crbp_weight10": ("hGRU C-RBP, penalty weight 10", "pathfinder/crbp_weight10.yaml"),
+    # the recipe's alternatives (configs/pathfinder/crbp*.yaml)
+    "crbp_steps24": ("hGRU C-RBP, 24 steps", "pathfinder/crbp_steps24.yaml"),
+    "crbp_weight10": ("hGRU C-RBP, 24 steps, penalty weight 10", "pathfinder/crbp_weight10.yaml"),
+    "crbp_weight3_steps64": ("hGRU C-RBP, penalty weight 3", "pathfinder/crbp_weight3_steps64.yaml"),
+    "crbp_weight10_steps64": ("hGRU C-RBP, penalty weight 10", "pathfinder/crbp_weight10_steps64.yaml"),
 }
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
 MAX_BPTT_STEPS = 12
@@ -125,9 +129,11 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
     def weights(name):
         return Run(EXPERIMENT, name, 0, MODELS[name][1], results_dir=setting.results_dir).weights_path()
 
-    names = [n for n in ("crbp", "bptt", "cbptt", "rbp", "bptt_full") if n in groups and os.path.exists(weights(n))]
+    names = [n for n in MODELS if n != "cnn" and n in groups and os.path.exists(weights(n))]
     if not names:
         return
+    # past every model's horizon: twice the longest one
+    max_steps = max([max_steps] + [2 * groups[n][min(groups[n])]["steps"] for n in names])
     cfg = setting.cfg(names[0])
     images, masks = test_tensors(cfg, test_name(length), 32)
     probs = {}
@@ -142,7 +148,8 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
     target = masks.bool()
     iou = ((pred & target).flatten(1).sum(1) / (pred | target).flatten(1).sum(1).clamp_min(1)).numpy()
     i = int(np.argsort(iou)[len(iou) // 2])
-    cols = sorted({1, 2, 4, 8, 12, 16, max_steps} | {groups[n][min(groups[n])]["steps"] for n in names})
+    horizons = {groups[n][min(groups[n])]["steps"] for n in names}
+    cols = sorted({1, 2, 4, 8, 12, 16, max_steps} | horizons | {2 * h for h in horizons})
     cols = [c for c in cols if c <= max_steps]
     from crbp_detectron.plotting import headless_pyplot
 
@@ -153,7 +160,8 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
     for r, name in enumerate(names):
         axes[r, 0].imshow(images[i, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[r, 1].imshow(masks[i, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        axes[r, 0].set_ylabel(f"{MODELS[name][0]}\n({groups[name][min(groups[name])]['steps']} steps)", fontsize=6)
+        label = MODELS[name][0].replace(", ", ",\n")  # long labels on several lines
+        axes[r, 0].set_ylabel(f"{label}\n({groups[name][min(groups[name])]['steps']} steps)", fontsize=6)
         for c, t in enumerate(cols):
             axes[r, c + 2].imshow(probs[name][t - 1][i, 0], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
             if r == 0:
