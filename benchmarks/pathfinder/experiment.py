@@ -43,6 +43,7 @@ MODELS = {
     "crbp_weight10": ("hGRU C-RBP, 24 steps, penalty weight 10", "pathfinder/crbp_weight10.yaml"),
     "crbp_weight3_steps64": ("hGRU C-RBP, penalty weight 3", "pathfinder/crbp_weight3_steps64.yaml"),
     "crbp_weight10_steps64": ("hGRU C-RBP, penalty weight 10", "pathfinder/crbp_weight10_steps64.yaml"),
+    "rbp_steps64": ("hGRU RBP (no penalty), 64 steps", "pathfinder/rbp_steps64.yaml"),
 }
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
 MAX_BPTT_STEPS = 12
