@@ -63,6 +63,11 @@ def spectral_radius(cell, x, h, iterations: int = 60) -> float:
     return float(torch.tensor(tail).log().mean().exp())
 
 
+def _relative_distance(a, b) -> float:
+    """Mean over samples of ||a - b|| / ||b||."""
+    return float((a - b).flatten(1).norm(dim=1).div(b.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+
+
 @torch.no_grad()
 def trace(model, images, masks, far: int):
     x = model.front(images)
@@ -70,11 +75,11 @@ def trace(model, images, masks, far: int):
     states, ious, steps = [], [], []
     for _ in range(far):
         h_next = model.recurrence.cell(x, h)
-        steps.append(float((h_next - h).flatten(1).norm(dim=1).div(h_next.flatten(1).norm(dim=1).clamp_min(1e-12)).mean()))
+        steps.append(_relative_distance(h, h_next))
         h = h_next
         states.append(h)
         ious.append(_iou(model.readout(h, images), masks))
-    distance = [float((s - h).flatten(1).norm(dim=1).div(h.flatten(1).norm(dim=1).clamp_min(1e-12)).mean()) for s in states]
+    distance = [_relative_distance(s, h) for s in states]
     return x, states, ious, steps, distance
 
 

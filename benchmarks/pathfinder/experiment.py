@@ -124,6 +124,11 @@ def plot_samples(cfg, path, per_length=6):
     save_preview(path, samples, columns=per_length, title=f"Test contours of {lengths} paddles (rows); label in red")
 
 
+def horizon_of(runs: dict) -> int:
+    """The training steps of a model's runs (its first seed's)."""
+    return runs[min(runs)]["steps"]
+
+
 def plot_evolution(groups, path, length, max_steps, setting: Setting):
     """One test contour of `length` paddles (the one whose C-RBP IoU is the batch median): each
     recurrent model's predicted probability after a few steps (seed 0's weights)."""
@@ -134,23 +139,22 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
     if not names:
         return
     # past every model's horizon: twice the longest one
-    max_steps = max([max_steps] + [2 * groups[n][min(groups[n])]["steps"] for n in names])
+    horizons = {n: horizon_of(groups[n]) for n in names}
+    max_steps = max([max_steps] + [2 * h for h in horizons.values()])
     cfg = setting.cfg(names[0])
     images, masks = test_tensors(cfg, test_name(length), 32)
     probs = {}
     for name in names:
-        steps = groups[name][min(groups[name])]["steps"]
+        steps = horizons[name]
         model = PathfinderTrainer.build_model(setting.cfg(name, ["MODEL.CRBP.STEPS", steps]))
         model.load_state_dict(torch.load(weights(name), weights_only=True))
         model.eval()
         probs[name] = [torch.sigmoid(o) for o in model.step_outputs(images, max_steps)]
-    crbp_steps = groups[names[0]][min(groups[names[0]])]["steps"]
-    pred = probs[names[0]][crbp_steps - 1] > 0.5
+    pred = probs[names[0]][horizons[names[0]] - 1] > 0.5
     target = masks.bool()
     iou = ((pred & target).flatten(1).sum(1) / (pred | target).flatten(1).sum(1).clamp_min(1)).numpy()
     i = int(np.argsort(iou)[len(iou) // 2])
-    horizons = {groups[n][min(groups[n])]["steps"] for n in names}
-    cols = sorted({1, 2, 4, 8, 12, 16, max_steps} | horizons | {2 * h for h in horizons})
+    cols = sorted({1, 2, 4, 8, 12, 16, max_steps} | set(horizons.values()) | {2 * h for h in horizons.values()})
     cols = [c for c in cols if c <= max_steps]
     from crbp_detectron.plotting import headless_pyplot
 
@@ -162,7 +166,7 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
         axes[r, 0].imshow(images[i, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[r, 1].imshow(masks[i, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         label = MODELS[name][0].replace(", ", ",\n")  # long labels on several lines
-        axes[r, 0].set_ylabel(f"{label}\n({groups[name][min(groups[name])]['steps']} steps)", fontsize=6)
+        axes[r, 0].set_ylabel(f"{label}\n({horizons[name]} steps)", fontsize=6)
         for c, t in enumerate(cols):
             axes[r, c + 2].imshow(probs[name][t - 1][i, 0], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
             if r == 0:
