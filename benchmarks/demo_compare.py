@@ -41,7 +41,10 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 MODELS = {  # name: (config, label)
     "feedforward": ("demo/panoptic_fpn_demo.yaml", "Panoptic FPN (feed-forward)"),
     "crbp": ("demo/panoptic_crbp_demo.yaml", "C-RBP Panoptic FPN"),
+    "crbp_state8": ("demo/panoptic_crbp_state8_demo.yaml", "C-RBP Panoptic FPN, 8-channel state"),
+    "crbp_state8_steps20": ("demo/panoptic_crbp_state8_steps20_demo.yaml", "C-RBP Panoptic FPN, 8-channel state, 20 steps"),
 }
+DEFAULT_MODELS = ("feedforward", "crbp")  # `make demo-compare`; the narrow-state ones with --models
 PICTURE_IMAGES = 4
 
 
@@ -258,7 +261,8 @@ def write_report(results_dir, data_paths):
     any_run = all_runs[0]
     commands = sorted({r["command"] for r in all_runs})
     lines = [
-        "# The demo side by side: feed-forward Panoptic FPN and C-RBP Panoptic FPN", "",
+        "# The demo side by side: feed-forward Panoptic FPN and C-RBP Panoptic FPN" + (
+            ", full-width and narrow recurrent state" if "crbp_state8" in runs or "crbp_state8_steps20" in runs else ""), "",
         "Produced by (one command per line when the runs were made by several):", "", "```", *commands, "```", "",
         "(`--report-only` rebuilds this file and the picture from the per-run JSONs in `demo_compare/`.)", "",
         f"Same data (the embedded demo dataset, {any_run['data']}), same schedule ({any_run['iterations']} iterations, "
@@ -268,6 +272,11 @@ def write_report(results_dir, data_paths):
         "Mean ± standard deviation over seeds when there are several (the seed sets the initial weights and the data "
         "order). Instances count at the config's confidence threshold (PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH "
         f"{any_run.get('instances_confidence_thresh', '?')}).", "",
+        *(["`configs/demo/panoptic_crbp_state8_demo.yaml` is the C-RBP model with the mask head's recurrent state "
+           "8 channels wide instead of the RoI features' 32 (a 1x1 projection makes the drive; a recurrent step costs "
+           "1/16), as `COCO-PanopticSegmentation/panoptic_crbp_state64_R_50_1x.yaml` is at full scale; "
+           "`panoptic_crbp_state8_steps20_demo.yaml` trains it with the paper's 20 recurrent steps instead of 6.", ""]
+          if "crbp_state8" in runs or "crbp_state8_steps20" in runs else []),
         "Machines (per run; a CPU shared with other jobs, so times are indicative and only comparable between runs "
         "made at the same time):", "",
         *sorted({f"- {r['label']}, seed {r['seed']}: {r['machine']}; training {r['training_wall_seconds'] / 60:.0f} min"
@@ -280,7 +289,7 @@ def write_report(results_dir, data_paths):
         "time through the whole model including the panoptic combination, median.",
         "- curve: dashed curves that share one colour per image and often cross; a curve's mask can only be "
         "assembled by following it from dash to dash.", "",
-        f"![both models on the same val images](demo_compare.png)", "",
+        "![the models on the same val images](demo_compare.png)", "",
     ]
     with open(os.path.join(results_dir, "demo_compare.md"), "w") as f:
         f.write("\n".join(lines))
@@ -291,7 +300,7 @@ def write_report(results_dir, data_paths):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per run (runs go one after another)")
     parser.add_argument("--out", default=os.path.join(ROOT, "output", "demo_compare"), help="training runs")
     parser.add_argument("--results", default=RESULTS, help="where the JSONs, table and picture go")

@@ -75,6 +75,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", required=True, help="a trained demo checkpoint")
+    p.add_argument("--config-file", default=DEMO_CONFIG, help="the config the checkpoint was trained with")
     p.add_argument("--fixed", type=int, nargs="+", default=[6, 20])
     p.add_argument("--tols", type=float, nargs="+", default=[1e-2, 3e-3, 1e-3, 1e-4])
     p.add_argument("--cap", type=int, default=20)
@@ -90,7 +91,7 @@ def main(argv=None):
     from crbp_detectron.engine import Trainer
 
     register_demo_datasets(progress=False)
-    cfg = load_config(DEMO_CONFIG, ["MODEL.WEIGHTS", args.weights, "OUTPUT_DIR", tempfile.mkdtemp()])
+    cfg = load_config(args.config_file, ["MODEL.WEIGHTS", args.weights, "OUTPUT_DIR", tempfile.mkdtemp()])
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(args.weights)
     model.eval()
@@ -104,9 +105,10 @@ def main(argv=None):
              "Command (from the repository root):", "", "```", command_line("benchmarks.early_stop", argv),
              "```", "", "Machine: " + machine_line(info) + " (shared: times are indicative).", "",
              __doc__.split("\n\n", 2)[2].strip(), "",
-             f"Trained with {cfg.MODEL.CRBP.STEPS} steps; PQ differences are against fixed {reference['cap']} steps.", "",
+             f"Config `{args.config_file}`, trained with {cfg.MODEL.CRBP.STEPS} steps; PQ differences are against fixed {reference['cap']} steps.", "",
              markdown_table(["setting", "steps (cap)", "PQ", "Δ PQ", "PQ_th", "PQ_st", "RoIs",
                                     "steps per RoI (mean)", "steps (max)", "RoIs converged", "eval (s)"], table), ""]
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "early_stop.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))

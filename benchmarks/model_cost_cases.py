@@ -32,6 +32,7 @@ FACTORY = "benchmarks.model_cost_cases:build_train_case"
 FEED_FORWARD = "model_zoo:COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
 HEADLINE = "COCO-PanopticSegmentation/panoptic_crbp_R_50_1x.yaml"
 RECURRENT_FPN = "COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml"
+NARROW_STATE = "COCO-PanopticSegmentation/panoptic_crbp_state64_R_50_1x.yaml"
 
 
 def _crbp(steps, implicit_step="recompute"):
@@ -48,6 +49,7 @@ TRAIN_CONFIGS: Dict[str, Tuple[str, list]] = {
     "bptt-5": (HEADLINE, ["MODEL.CRBP.MODE", "bptt", "MODEL.CRBP.STEPS", 5]),
     "bptt-20": (HEADLINE, ["MODEL.CRBP.MODE", "bptt", "MODEL.CRBP.STEPS", 20]),
     "crbp-20 + recurrent FPN": (RECURRENT_FPN, []),
+    "crbp-20, 64-channel state": (NARROW_STATE, ["MODEL.CRBP.STEPS", 20]),
 }
 # Inference runs `test_steps` graph-free iterations whatever the training mode: one row per count.
 INFER_CONFIGS: Dict[str, Tuple[str, list]] = {
@@ -55,6 +57,7 @@ INFER_CONFIGS: Dict[str, Tuple[str, list]] = {
     "recurrent, 3 steps": (HEADLINE, ["MODEL.CRBP.STEPS", 3]),  # the demo's per-sample stop at TOL 0.05
     "recurrent, 5 steps": (HEADLINE, ["MODEL.CRBP.STEPS", 5]),
     "recurrent, 20 steps": (HEADLINE, ["MODEL.CRBP.STEPS", 20]),
+    "recurrent, 20 steps, 64-channel state": (NARROW_STATE, ["MODEL.CRBP.STEPS", 20]),
     "recurrent, <= 20 steps, per-sample stop": (HEADLINE, ["MODEL.CRBP.STEPS", 20]),  # + TOL (option)
     "recurrent, 20 steps + recurrent FPN": (RECURRENT_FPN, []),
 }

@@ -85,6 +85,10 @@ def add_crbp_config(cfg):
 
     _C.MODEL.CRBP.MASK_HEAD = CN()
     _C.MODEL.CRBP.MASK_HEAD.OUTPUT_NORM = "BN"  # norm after the cell (the paper: SyncBN)
+    # Channels of the mask head's recurrent state; 0 = the RoI features' (MODEL.FPN.OUT_CHANNELS,
+    # the paper). Narrower: a 1x1 conv projects the RoI features to the drive; a step costs
+    # (STATE_CHANNELS / OUT_CHANNELS)^2 of the paper's.
+    _C.MODEL.CRBP.MASK_HEAD.STATE_CHANNELS = 0
 
     _C.MODEL.CRBP.FPN = CN()
     _C.MODEL.CRBP.FPN.LEVELS = ["p2", "p3", "p4", "p5"]  # FPN outputs made recurrent
@@ -299,10 +303,14 @@ def validate_crbp_config(cfg):
     for key in ("INHIBITION_ETA", "OUTPUT_ETA"):
         if not isinstance(getattr(cell, key), bool):
             _fail(pc + key, getattr(cell, key), "must be true or false")
-    channels = cfg.MODEL.FPN.OUT_CHANNELS
-    if cell.NORM == "GN" and channels % min(cell.NUM_GROUPS, channels):
-        _fail(pc + "NUM_GROUPS", cell.NUM_GROUPS, f"must divide the {channels} channels (MODEL.FPN.OUT_CHANNELS)")
     _check_choice(c.MASK_HEAD, "OUTPUT_NORM", DETECTRON2_NORMS, p + "MASK_HEAD.")
+    _check_number(c.MASK_HEAD, "STATE_CHANNELS", p + "MASK_HEAD.", low=0, integer=True)
+    widths = {"MODEL.FPN.OUT_CHANNELS": cfg.MODEL.FPN.OUT_CHANNELS}
+    if c.MASK_HEAD.STATE_CHANNELS:
+        widths[p + "MASK_HEAD.STATE_CHANNELS"] = c.MASK_HEAD.STATE_CHANNELS
+    for key, channels in widths.items():
+        if cell.NORM == "GN" and channels % min(cell.NUM_GROUPS, channels):
+            _fail(pc + "NUM_GROUPS", cell.NUM_GROUPS, f"must divide the {channels} channels ({key})")
     levels = list(c.FPN.LEVELS)
     bad = [lv for lv in levels if lv not in FPN_LEVELS]
     if bad or not levels or len(set(levels)) != len(levels):

@@ -1,6 +1,8 @@
 """The published C-RBP mask head: Mask R-CNN's stack of 3x3 convs replaced by ONE recurrent cell
 (hGRU, 256 channels, 3x3, GALA gate, GroupNorm, softplus) iterated to equilibrium on the RoI
-features, then the usual deconv and per-class predictor (Linsley et al., NeurIPS 2020)."""
+features, then the usual deconv and per-class predictor (Linsley et al., NeurIPS 2020). Optionally
+the state is narrower than the RoI features (a 1x1 projection makes the drive): a step's cost
+falls with the square of the width, so the recurrence can run 20 steps at feed-forward cost."""
 from typing import Optional
 
 import fvcore.nn.weight_init as weight_init
@@ -14,25 +16,33 @@ from .blocks import build_recurrence, cell_kwargs_from_cfg, recurrence_kwargs_fr
 
 @ROI_MASK_HEAD_REGISTRY.register()
 class CRBPMaskHead(BaseMaskRCNNHead):
-    """RoI features (the cell's drive x) -> recurrent block h* -> norm -> ReLU -> 2x deconv ->
-    ReLU -> 1x1 predictor. Trained in MODEL.CRBP.MODE; its penalty and statistics are collected by
+    """RoI features (-> 1x1 projection, with a narrower state) = the cell's drive x -> recurrent
+    block h* -> norm -> ReLU -> 2x deconv -> ReLU -> 1x1 predictor. Trained in MODEL.CRBP.MODE; its penalty and statistics are collected by
     the C-RBP meta-architectures."""
 
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, num_classes: int, recurrence: Optional[nn.Module] = None,
-                 output_norm: str = "BN", deconv_dim: int = 256, **kwargs):
+                 output_norm: str = "BN", deconv_dim: int = 256, state_channels: int = 0, **kwargs):
         """
         Args:
             input_shape: shape of the RoI features.
             num_classes: foreground classes (1 for class-agnostic masks).
-            recurrence: a `Recurrence` whose cell maps (x, h) of input_shape.channels channels;
-                default: the paper's C-RBP hGRU with 20 steps.
+            recurrence: a `Recurrence` whose cell maps (x, h) of the state's channels; default:
+                the paper's C-RBP hGRU with 20 steps.
             output_norm: Detectron2 norm name applied to h* ("BN", "SyncBN", "GN", "").
             deconv_dim: channels of the upsampling deconvolution.
+            state_channels: channels of the recurrent state; 0 = input_shape.channels (the paper,
+                no projection), otherwise a 1x1 conv projects the RoI features to this many.
             kwargs: BaseMaskRCNNHead's (loss_weight, vis_period).
         """
         super().__init__(**kwargs)
-        channels = input_shape.channels
+        if state_channels < 0:
+            raise ValueError(f"state_channels must be >= 0 (0: the RoI features' channels), got {state_channels}")
+        channels = state_channels or input_shape.channels
+        self.drive = None
+        if channels != input_shape.channels:
+            self.drive = Conv2d(input_shape.channels, channels, kernel_size=1)
+            weight_init.c2_msra_fill(self.drive)
         self.recurrence = recurrence if recurrence is not None else build_recurrence(channels)
         self.output_norm = get_norm(output_norm, channels) or nn.Identity()
         self.deconv = ConvTranspose2d(channels, deconv_dim, kernel_size=2, stride=2, padding=0)
@@ -45,17 +55,19 @@ class CRBPMaskHead(BaseMaskRCNNHead):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         num_classes = 1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        state_channels = cfg.MODEL.CRBP.MASK_HEAD.STATE_CHANNELS
         ret.update(
             input_shape=input_shape,
             num_classes=num_classes,
-            recurrence=build_recurrence(input_shape.channels, cell_kwargs=cell_kwargs_from_cfg(cfg),
-                                        **recurrence_kwargs_from_cfg(cfg)),
+            recurrence=build_recurrence(state_channels or input_shape.channels,
+                                        cell_kwargs=cell_kwargs_from_cfg(cfg), **recurrence_kwargs_from_cfg(cfg)),
             output_norm=cfg.MODEL.CRBP.MASK_HEAD.OUTPUT_NORM,
             deconv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
+            state_channels=state_channels,
         )
         return ret
 
     def layers(self, x):
-        h = self.recurrence(x)
+        h = self.recurrence(x if self.drive is None else self.drive(x))
         h = nn.functional.relu(self.output_norm(h))
         return self.predictor(nn.functional.relu(self.deconv(h)))

@@ -149,6 +149,8 @@ def test_config_file_lookup(tmp_path, monkeypatch):
     (["MODEL.CRBP.CELL.NUM_GROUPS", 24], "MODEL.CRBP.CELL.NUM_GROUPS"),
     (["MODEL.CRBP.FPN.LEVELS", "['p7']"], "MODEL.CRBP.FPN.LEVELS"),
     (["MODEL.CRBP.TOL", float("nan")], "MODEL.CRBP.TOL"),
+    (["MODEL.CRBP.MASK_HEAD.STATE_CHANNELS", -64], "MODEL.CRBP.MASK_HEAD.STATE_CHANNELS"),
+    (["MODEL.CRBP.MASK_HEAD.STATE_CHANNELS", 48], "MODEL.CRBP.MASK_HEAD.STATE_CHANNELS"),  # 32 groups
 ])
 def test_bad_config_values_name_key_value_and_allowed(opts, key):
     with pytest.raises(ValueError) as info:
@@ -244,3 +246,45 @@ def test_backward_and_implicit_step_keys_reach_every_block():
         b = block.backward_config
         assert (b.solver, b.max_vjps, b.restart, b.growth_bound, b.window) == ("bicgstab", 7, 3, 1e3, 9)
         assert block.implicit_step == "recorded" and block.tol == 1e-3
+
+
+def _recurrent_step_flops(state_channels, channels=32):
+    """fvcore FLOPs of one more recurrent step of the mask head (eval, 4 RoIs of 14x14)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    def flops(steps):
+        head = CRBPMaskHead(ShapeSpec(channels=channels, height=14, width=14), num_classes=3,
+                            state_channels=state_channels,
+                            recurrence=Recurrence(crbp_detectron.modeling.build_cell(state_channels or channels, num_groups=4),
+                                                  steps=steps)).eval()
+        layers = torch.nn.Module()
+        layers.head = head
+        layers.forward = head.layers
+        with torch.no_grad():
+            analysis = FlopCountAnalysis(layers, (torch.rand(4, channels, 14, 14),))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            return analysis.total()
+    return (flops(6) - flops(2)) / 4
+
+
+def test_narrow_state_mask_head_trains_and_a_step_costs_the_square_of_its_width():
+    """MODEL.CRBP.MASK_HEAD.STATE_CHANNELS: a 1x1 conv projects the RoI features to the drive; the
+    gradient reaches the projection, the cell and the deconv; a recurrent step costs about
+    (state / features)^2 of the full-width one (the cell's convs are state-to-state)."""
+    cfg = load_config("panoptic_crbp.yaml", TINY + ["MODEL.CRBP.MASK_HEAD.STATE_CHANNELS", 8,
+                                                    "MODEL.CRBP.CELL.NUM_GROUPS", 4])
+    model, losses, storage = train_step(cfg)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    head = model.roi_heads.mask_head
+    assert tuple(head.drive.weight.shape) == (8, 32, 1, 1) and head.deconv.in_channels == 8
+    cell = head.recurrence.cell
+    assert cell.channels == 8 and tuple(cell.w_inh.weight.shape[:2]) == (8, 8) and cell.norm_inh.num_groups == 4
+    for module in (head.drive, head.recurrence.cell, head.deconv):
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(float(g.abs().sum()) > 0 for g in grads)
+    assert "crbp/roi_heads.mask_head/residual" in storage.latest()
+    # The paper's width keeps no projection.
+    assert build_model(load_config("panoptic_crbp.yaml", TINY)).roi_heads.mask_head.drive is None
+    ratio = _recurrent_step_flops(8) / _recurrent_step_flops(0)
+    assert 1 / 16 <= ratio <= 1 / 12, ratio
