@@ -44,6 +44,9 @@ MODELS = {
     "crbp_weight3_steps64": ("hGRU C-RBP, penalty weight 3", "pathfinder/crbp_weight3_steps64.yaml"),
     "crbp_weight10_steps64": ("hGRU C-RBP, penalty weight 10", "pathfinder/crbp_weight10_steps64.yaml"),
     "rbp_steps64": ("hGRU RBP (no penalty), 64 steps", "pathfinder/rbp_steps64.yaml"),
+    "crbp_delayed_steps64": ("hGRU C-RBP, penalty from iteration 400", "pathfinder/crbp_delayed_steps64.yaml"),
+    "crbp_channels16": ("hGRU C-RBP, 16 channels", "pathfinder/crbp_channels16.yaml"),
+    "bptt_channels16": ("hGRU BPTT-1, 16 channels", "pathfinder/bptt_channels16.yaml"),
 }
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
 MAX_BPTT_STEPS = 12
