@@ -27,7 +27,7 @@ from crbp_detectron.pathfinder.engine import PathfinderTrainer, prepare_datasets
 from crbp_detectron.plotting import saved_panels
 from crbp_detectron.tables import markdown_table
 
-from .experiment import EXPERIMENT, MODELS, Setting
+from .experiment import EXPERIMENT, FEED_FORWARD, MODELS, Setting
 from .runs import RESULTS_DIR, experiment_dir, load_experiment
 
 
@@ -85,7 +85,7 @@ def trace(model, images, masks, far: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["crbp", "rbp"], choices=[m for m in MODELS if m != "cnn"])
+    p.add_argument("--models", nargs="+", default=["crbp", "rbp"], choices=[m for m in MODELS if m not in FEED_FORWARD])
     p.add_argument("--length", type=int, default=14)
     p.add_argument("--count", type=int, default=64, help="test images")
     p.add_argument("--far", type=int, default=200, help="steps run (the 'far' state h_T)")

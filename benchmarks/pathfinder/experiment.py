@@ -47,8 +47,11 @@ MODELS = {
     "crbp_delayed_steps64": ("hGRU C-RBP, penalty from iteration 400", "pathfinder/crbp_delayed_steps64.yaml"),
     "crbp_channels16": ("hGRU C-RBP, 16 channels", "pathfinder/crbp_channels16.yaml"),
     "bptt_channels16": ("hGRU BPTT-1, 16 channels", "pathfinder/bptt_channels16.yaml"),
+    "rbp_channels16": ("hGRU RBP (no penalty), 16 channels", "pathfinder/rbp_channels16.yaml"),
+    "cnn_channels16": ("CNN, 16 channels", "pathfinder/cnn_channels16.yaml"),
 }
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
+FEED_FORWARD = ("cnn", "cnn_channels16")  # no recurrence: no steps, no evolution, no equilibrium
 MAX_BPTT_STEPS = 12
 
 
@@ -138,7 +141,7 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
     def weights(name):
         return Run(EXPERIMENT, name, 0, MODELS[name][1], results_dir=setting.results_dir).weights_path()
 
-    names = [n for n in MODELS if n != "cnn" and n in groups and os.path.exists(weights(n))]
+    names = [n for n in MODELS if n not in FEED_FORWARD and n in groups and os.path.exists(weights(n))]
     if not names:
         return
     # past every model's horizon: twice the longest one
@@ -230,7 +233,7 @@ def write_report(command: str, memory: dict, setting: Setting):
     f1_table = markdown_table(["model"] + [f"L={L} F1 / balanced accuracy" for L in lengths], f1_rows)
     beyond = []
     for name, runs in groups.items():
-        if name == "cnn":
+        if name in FEED_FORWARD:
             continue
         results = list(runs.values())
         h = results[0]["steps"]
@@ -256,7 +259,7 @@ def write_report(command: str, memory: dict, setting: Setting):
         os.path.join(results_dir, "pathfinder_steps.png"),
         f"Pathfinder ({d.SIZE} px): IoU against test-time steps (mean ± std over seeds; dashed: training horizon)",
         {MODELS[n][0]: runs for n, runs in groups.items()}, [longest, ood],
-        {MODELS[n][0]: runs[min(runs)].get("steps") for n, runs in groups.items()}, feedforward=[MODELS["cnn"][0]])
+        {MODELS[n][0]: runs[min(runs)].get("steps") for n, runs in groups.items()}, feedforward=[MODELS[n][0] for n in FEED_FORWARD])
     report.plot_curves(os.path.join(results_dir, "pathfinder_curves.png"), "Training (every seed)",
                        {MODELS[n][0]: runs for n, runs in groups.items()},
                        [("loss_pixel", "task loss (focal)", True), ("pathfinder/iou", f"validation IoU (L={longest})", False),
