@@ -17,8 +17,8 @@ from .blocks import build_recurrence, cell_kwargs_from_cfg, recurrence_kwargs_fr
 @ROI_MASK_HEAD_REGISTRY.register()
 class CRBPMaskHead(BaseMaskRCNNHead):
     """RoI features (-> 1x1 projection, with a narrower state) = the cell's drive x -> recurrent
-    block h* -> norm -> ReLU -> 2x deconv -> ReLU -> 1x1 predictor. Trained in MODEL.CRBP.MODE; its penalty and statistics are collected by
-    the C-RBP meta-architectures."""
+    block h* -> norm -> ReLU -> 2x deconv -> ReLU -> 1x1 predictor. Trained in MODEL.CRBP.MODE;
+    its penalty and statistics are collected by the C-RBP meta-architectures."""
 
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, num_classes: int, recurrence: Optional[nn.Module] = None,
