@@ -260,9 +260,10 @@ def write_report(results_dir, data_paths):
     all_runs = [r for rs in runs.values() for r in rs]
     any_run = all_runs[0]
     commands = sorted({r["command"] for r in all_runs})
+    narrow_state = any(m.startswith("crbp_state8") for m in runs)
     lines = [
         "# The demo side by side: feed-forward Panoptic FPN and C-RBP Panoptic FPN" + (
-            ", full-width and narrow recurrent state" if "crbp_state8" in runs or "crbp_state8_steps20" in runs else ""), "",
+            ", full-width and narrow recurrent state" if narrow_state else ""), "",
         "Produced by (one command per line when the runs were made by several):", "", "```", *commands, "```", "",
         "(`--report-only` rebuilds this file and the picture from the per-run JSONs in `demo_compare/`.)", "",
         f"Same data (the embedded demo dataset, {any_run['data']}), same schedule ({any_run['iterations']} iterations, "
@@ -276,7 +277,7 @@ def write_report(results_dir, data_paths):
            "8 channels wide instead of the RoI features' 32 (a 1x1 projection makes the drive; a recurrent step costs "
            "1/16), as `COCO-PanopticSegmentation/panoptic_crbp_state64_R_50_1x.yaml` is at full scale; "
            "`panoptic_crbp_state8_steps20_demo.yaml` trains it with the paper's 20 recurrent steps instead of 6.", ""]
-          if "crbp_state8" in runs or "crbp_state8_steps20" in runs else []),
+          if narrow_state else []),
         "Machines (per run; a CPU shared with other jobs, so times are indicative and only comparable between runs "
         "made at the same time):", "",
         *sorted({f"- {r['label']}, seed {r['seed']}: {r['machine']}; training {r['training_wall_seconds'] / 60:.0f} min"
