@@ -59,6 +59,16 @@ def seeds_of(runs: Seeds) -> List[int]:
     return sorted(runs)
 
 
+def model_color(i: int, count: int):
+    """Colour of the i-th of `count` models: matplotlib's 10-colour cycle repeats past 10 models,
+    so more get tab20's 20 distinct colours."""
+    if count <= 10:
+        return f"C{i}"
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
+
+
 def plot_iou_against_steps(path: str, title: str, groups: Dict[str, Seeds], lengths: Sequence[int],
                            horizons: Dict[str, Optional[int]], feedforward: Sequence[str] = ()) -> None:
     """One panel per length: mean IoU over seeds (band: ± std) against test-time steps; a dashed
@@ -67,7 +77,7 @@ def plot_iou_against_steps(path: str, title: str, groups: Dict[str, Seeds], leng
                       figsize=(4.4 * len(lengths), 3.8)) as axes:
         for ax, length in zip(axes, lengths):
             for i, (name, runs) in enumerate(groups.items()):
-                color = f"C{i}"
+                color = model_color(i, len(groups))
                 if name in feedforward:
                     ax.axhline(mean_std([test_metric(r, length) for r in runs.values()])[0], color=color, ls=":",
                                label=name)
@@ -94,6 +104,6 @@ def plot_curves(path: str, title: str, groups: Dict[str, Seeds], keys: Sequence[
                 for j, result in enumerate(runs.values()):
                     points = curve_values(result, key)
                     if points:
-                        ax.plot(*zip(*points), color=f"C{i}", lw=1, alpha=0.8, label=name if j == 0 else None)
+                        ax.plot(*zip(*points), color=model_color(i, len(groups)), lw=1, alpha=0.8, label=name if j == 0 else None)
             if log:
                 ax.set_yscale("log")
