@@ -39,19 +39,24 @@ MODELS = {
     "cnn": ("CNN, parameter-matched", "pathfinder/cnn.yaml"),
     "bptt_full": ("hGRU BPTT, C-RBP's steps", "pathfinder/bptt.yaml"),
     # the recipe's alternatives (configs/pathfinder/crbp*.yaml)
-    "crbp_steps24": ("hGRU C-RBP, 24 steps", "pathfinder/crbp_steps24.yaml"),
-    "crbp_weight10": ("hGRU C-RBP, 24 steps, penalty weight 10", "pathfinder/crbp_weight10.yaml"),
-    "crbp_weight3_steps64": ("hGRU C-RBP, penalty weight 3", "pathfinder/crbp_weight3_steps64.yaml"),
-    "crbp_weight10_steps64": ("hGRU C-RBP, penalty weight 10", "pathfinder/crbp_weight10_steps64.yaml"),
-    "rbp_steps64": ("hGRU RBP (no penalty), 64 steps", "pathfinder/rbp_steps64.yaml"),
-    "crbp_delayed_steps64": ("hGRU C-RBP, penalty from iteration 400", "pathfinder/crbp_delayed_steps64.yaml"),
-    "crbp_channels16": ("hGRU C-RBP, 16 channels", "pathfinder/crbp_channels16.yaml"),
-    "bptt_channels16": ("hGRU BPTT-1, 16 channels", "pathfinder/bptt_channels16.yaml"),
-    "rbp_channels16": ("hGRU RBP (no penalty), 16 channels", "pathfinder/rbp_channels16.yaml"),
-    "cnn_channels16": ("CNN, 16 channels", "pathfinder/cnn_channels16.yaml"),
+    "crbp_steps96": ("hGRU C-RBP, 96 steps", "pathfinder/crbp_steps96.yaml"),
+    # the models at 10 channels, the experiment's width before 16, and the recipes tried there
+    "crbp_channels10": ("hGRU C-RBP, 10 ch", "pathfinder/crbp_channels10.yaml"),
+    "bptt_channels10": ("hGRU BPTT-1, 10 ch", "pathfinder/bptt_channels10.yaml"),
+    "cbptt_channels10": ("hGRU C-BPTT-1, 10 ch", "pathfinder/cbptt_channels10.yaml"),
+    "rbp_channels10": ("hGRU RBP (no penalty), 10 ch", "pathfinder/rbp_channels10.yaml"),
+    "cnn_channels10": ("CNN, parameter-matched, 10 ch", "pathfinder/cnn_channels10.yaml"),
+    "crbp_steps24_channels10": ("hGRU C-RBP, 24 steps, 10 ch", "pathfinder/crbp_steps24_channels10.yaml"),
+    "rbp_steps24_channels10": ("hGRU RBP (no penalty), 24 steps, 10 ch", "pathfinder/rbp_steps24_channels10.yaml"),
+    "crbp_weight10_steps24_channels10": ("hGRU C-RBP, 24 steps, penalty weight 10, 10 ch",
+                                         "pathfinder/crbp_weight10_steps24_channels10.yaml"),
+    "crbp_weight3_channels10": ("hGRU C-RBP, penalty weight 3, 10 ch", "pathfinder/crbp_weight3_channels10.yaml"),
+    "crbp_weight10_channels10": ("hGRU C-RBP, penalty weight 10, 10 ch", "pathfinder/crbp_weight10_channels10.yaml"),
+    "crbp_delayed_channels10": ("hGRU C-RBP, penalty from iteration 400, 10 ch",
+                                "pathfinder/crbp_delayed_channels10.yaml"),
 }
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
-FEED_FORWARD = ("cnn", "cnn_channels16")  # no recurrence: no steps, no evolution, no equilibrium
+FEED_FORWARD = ("cnn", "cnn_channels10")  # no recurrence: no steps, no evolution, no equilibrium
 MAX_BPTT_STEPS = 12
 
 

@@ -5,6 +5,9 @@ import json
 import os
 
 import pytest
+import yaml
+
+from crbp_detectron.pathfinder.config import load_pathfinder_config
 
 from ..pathfinder.test_training import TINY
 
@@ -55,3 +58,37 @@ def test_equilibrium_diagnostic_reads_the_weights(experiment_results):
     cells = [c.strip() for c in row.strip("|").split("|")]
     iou, distance, rho = float(cells[2]), float(cells[7]), float(cells[8])
     assert 0 <= iou <= 1 and 0 <= distance and 0 < rho < 10
+
+
+def test_committed_runs_are_what_their_model_names_configure():
+    """Every committed Pathfinder run sits under a model of the experiment, and was trained with
+    exactly the config that model loads today (but for where it wrote, its seed and
+    its datasets' registered names): renaming a
+    config or changing a base cannot silently relabel the results."""
+    from benchmarks.pathfinder.equilibrium import run_config
+    from benchmarks.pathfinder.experiment import EXPERIMENT, MODELS, Setting, runs_for
+    from benchmarks.pathfinder.runs import load_experiment
+
+    setting = Setting()
+
+    found = load_experiment(EXPERIMENT)
+    assert {"crbp", "bptt", "cbptt", "rbp", "cnn"} <= set(found) <= set(MODELS)
+    memory = json.loads(open(setting.memory_json).read())  # the memory-matched BPTT's steps
+    for name, runs in found.items():
+        for seed, result in runs.items():
+            trained = run_config(result)
+            run = runs_for([name], [seed], memory, setting)[0]
+            opts = run.opts + ["OUTPUT_DIR", trained.OUTPUT_DIR, "SEED", seed,
+                               "PATHFINDER.DATA.ROOT", trained.PATHFINDER.DATA.ROOT]
+            configured = load_pathfinder_config(run.config, opts)
+            configured.DATASETS = trained.DATASETS  # registered names, set when the data are prepared
+            want, got = flat(yaml.safe_load(configured.dump())), flat(yaml.safe_load(trained.dump()))
+            differ = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if got.get(k) != want.get(k)}
+            assert not differ, f"{name}/seed{seed} was trained with another config: {differ}"
+
+
+def flat(cfg, prefix=""):
+    out = {}
+    for key, value in cfg.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
