@@ -28,6 +28,7 @@ from crbp_detectron.plotting import saved_panels
 from crbp_detectron.tables import markdown_table
 
 from .experiment import EXPERIMENT, FEED_FORWARD, MODELS, Setting
+from .report import model_color
 from .runs import RESULTS_DIR, experiment_dir, load_experiment
 
 
@@ -127,13 +128,13 @@ def main(argv=None):
     png = os.path.join(args.results, "pathfinder_equilibrium.png")
     with saved_panels(png, f"Seed 0 on {args.count} test contours of {args.length} paddles, run to step {args.far}",
                       [("step", "IoU"), ("step", "relative step size"), ("step", "distance to h_T")]) as axes:
-        for label, (ious, steps, distance, horizon) in curves.items():
-            t = range(1, len(ious) + 1)
-            line = axes[0].plot(t, ious, label=label)[0]
-            axes[1].semilogy(t, steps, label=label, color=line.get_color())
-            axes[2].semilogy(t, [max(d, 1e-8) for d in distance], label=label, color=line.get_color())
+        for i, (label, (ious, steps, distance, horizon)) in enumerate(curves.items()):
+            t, color = range(1, len(ious) + 1), model_color(i, len(curves))
+            axes[0].plot(t, ious, label=label, color=color)
+            axes[1].semilogy(t, steps, color=color)
+            axes[2].semilogy(t, [max(d, 1e-8) for d in distance], color=color)
             for ax in axes:
-                ax.axvline(horizon, color=line.get_color(), ls="--", lw=0.8)
+                ax.axvline(horizon, color=color, ls="--", lw=0.8)
     command = "python -m benchmarks.pathfinder.equilibrium " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     md = os.path.join(args.results, "pathfinder_equilibrium.md")
     with open(md, "w") as f:

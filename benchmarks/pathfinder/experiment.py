@@ -39,7 +39,7 @@ MODELS = {
     "cnn": ("CNN, parameter-matched", "pathfinder/cnn.yaml"),
     "bptt_full": ("hGRU BPTT, C-RBP's steps", "pathfinder/bptt.yaml"),
     # the recipe's alternatives (configs/pathfinder/crbp*.yaml)
-    "crbp_steps96": ("hGRU C-RBP, 96 steps", "pathfinder/crbp_steps96.yaml"),
+    "crbp_steps64": ("hGRU C-RBP, 64 steps", "pathfinder/crbp_steps64.yaml"),
     # the models at 10 channels, the experiment's width before 16, and the recipes tried there
     "crbp_channels10": ("hGRU C-RBP, 10 ch", "pathfinder/crbp_channels10.yaml"),
     "bptt_channels10": ("hGRU BPTT-1, 10 ch", "pathfinder/bptt_channels10.yaml"),
@@ -57,6 +57,7 @@ MODELS = {
 }
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
 FEED_FORWARD = ("cnn", "cnn_channels10")  # no recurrence: no steps, no evolution, no equilibrium
+PICTURED = DEFAULT_MODELS + ("crbp_steps64",)  # the pictures' models (every model is in the tables)
 MAX_BPTT_STEPS = 12
 
 
@@ -188,7 +189,7 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
     axes[0, 0].set_title("image", fontsize=7)
     axes[0, 1].set_title("label", fontsize=7)
     fig.suptitle(f"One contour of {length} paddles: predicted probability after each step (seed 0)", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title above the columns' titles
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -260,16 +261,18 @@ def write_report(command: str, memory: dict, setting: Setting):
     results_dir = setting.results_dir
     results_md = os.path.join(results_dir, "pathfinder.md")
     plot_samples(cfg, os.path.join(results_dir, "pathfinder_samples.png"))
+    pictured = {n: runs for n, runs in groups.items() if n in PICTURED} or groups
     report.plot_iou_against_steps(
         os.path.join(results_dir, "pathfinder_steps.png"),
         f"Pathfinder ({d.SIZE} px): IoU against test-time steps (mean ± std over seeds; dashed: training horizon)",
-        {MODELS[n][0]: runs for n, runs in groups.items()}, [longest, ood],
-        {MODELS[n][0]: runs[min(runs)].get("steps") for n, runs in groups.items()}, feedforward=[MODELS[n][0] for n in FEED_FORWARD])
+        {MODELS[n][0]: runs for n, runs in pictured.items()}, [longest, ood],
+        {MODELS[n][0]: runs[min(runs)].get("steps") for n, runs in pictured.items()},
+        feedforward=[MODELS[n][0] for n in FEED_FORWARD])
     report.plot_curves(os.path.join(results_dir, "pathfinder_curves.png"), "Training (every seed)",
-                       {MODELS[n][0]: runs for n, runs in groups.items()},
+                       {MODELS[n][0]: runs for n, runs in pictured.items()},
                        [("loss_pixel", "task loss (focal)", True), ("pathfinder/iou", f"validation IoU (L={longest})", False),
                         ("crbp/body/max_column_sum", "largest column sum of J", False)])
-    plot_evolution(groups, os.path.join(results_dir, "pathfinder_evolution.png"), longest, max_steps, setting)
+    plot_evolution(pictured, os.path.join(results_dir, "pathfinder_evolution.png"), longest, max_steps, setting)
 
     gen = generator_config(cfg, longest)
     with open(results_md, "w") as f:
@@ -310,6 +313,8 @@ over seeds. Code version of the runs: {sorted({r.get('code', '?') for runs in gr
 F1 / balanced accuracy:
 
 {f1_table}
+
+The pictures show {", ".join(MODELS[n][0] for n in pictured)}; every model is in the tables.
 
 ![learning curves](pathfinder_curves.png)
 
