@@ -62,18 +62,17 @@ def test_equilibrium_diagnostic_reads_the_weights(experiment_results):
 
 def test_committed_runs_are_what_their_model_names_configure():
     """Every committed Pathfinder run sits under a model of the experiment, and was trained with
-    exactly the config that model loads today (but for where it wrote, its seed and
-    its datasets' registered names): renaming a
-    config or changing a base cannot silently relabel the results."""
+    exactly the config that model loads today (but for where it wrote, its seed and its datasets'
+    registered names): renaming a config or changing a base cannot silently relabel the results."""
     from benchmarks.pathfinder.equilibrium import run_config
-    from benchmarks.pathfinder.experiment import EXPERIMENT, MODELS, Setting, runs_for
+    from benchmarks.pathfinder.experiment import DEFAULT_MODELS, EXPERIMENT, MODELS, Setting, runs_for
     from benchmarks.pathfinder.runs import load_experiment
 
     setting = Setting()
-
     found = load_experiment(EXPERIMENT)
-    assert {"crbp", "bptt", "cbptt", "rbp", "cnn"} <= set(found) <= set(MODELS)
-    memory = json.loads(open(setting.memory_json).read())  # the memory-matched BPTT's steps
+    assert set(DEFAULT_MODELS) <= set(found) <= set(MODELS)
+    with open(setting.memory_json) as f:
+        memory = json.load(f)  # the memory-matched BPTT's steps
     for name, runs in found.items():
         for seed, result in runs.items():
             trained = run_config(result)
