@@ -6,6 +6,7 @@ import os
 
 import pytest
 import yaml
+from detectron2.evaluation.testing import flatten_results_dict
 
 from crbp_detectron.pathfinder.config import load_pathfinder_config
 
@@ -81,13 +82,7 @@ def test_committed_runs_are_what_their_model_names_configure():
                                "PATHFINDER.DATA.ROOT", trained.PATHFINDER.DATA.ROOT]
             configured = load_pathfinder_config(run.config, opts)
             configured.DATASETS = trained.DATASETS  # registered names, set when the data are prepared
-            want, got = flat(yaml.safe_load(configured.dump())), flat(yaml.safe_load(trained.dump()))
+            want, got = (flatten_results_dict(yaml.safe_load(c.dump())) for c in (configured, trained))
             differ = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if got.get(k) != want.get(k)}
             assert not differ, f"{name}/seed{seed} was trained with another config: {differ}"
 
-
-def flat(cfg, prefix=""):
-    out = {}
-    for key, value in cfg.items():
-        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return out
