@@ -33,8 +33,12 @@ def sweep_metric(result: Dict, length, steps: int, key: str = "iou") -> float:
 
 
 def curve_values(result: Dict, key: str) -> List[tuple]:
-    """[(iteration, value)] of a logged scalar."""
-    return [(e["iteration"], e[key]) for e in result.get("curve", []) if key in e]
+    """[(iteration, value)] of a logged scalar. Detectron2 logs a model's only loss as total_loss
+    alone (no loss_* term), so a loss term is read from total_loss in such runs."""
+    curve = result.get("curve", [])
+    if key.startswith("loss_") and not any(k.startswith("loss_") for e in curve for k in e):
+        key = "total_loss"
+    return [(e["iteration"], e[key]) for e in curve if key in e]
 
 
 def final_value(result: Dict, key: str, last: int = 3) -> float:

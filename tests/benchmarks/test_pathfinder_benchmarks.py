@@ -86,3 +86,15 @@ def test_committed_runs_are_what_their_model_names_configure():
             differ = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if got.get(k) != want.get(k)}
             assert not differ, f"{name}/seed{seed} was trained with another config: {differ}"
 
+
+
+def test_task_loss_curve_of_a_single_loss_run_is_its_total_loss():
+    """Detectron2 logs a model's only loss as total_loss alone: the report reads the task loss of
+    BPTT, RBP and the CNN from there, and a penalised run's task loss from its own term."""
+    from benchmarks.pathfinder.report import curve_values
+
+    single = {"curve": [{"iteration": 19, "total_loss": 0.5}, {"iteration": 39, "total_loss": 0.25}]}
+    penalised = {"curve": [{"iteration": 19, "total_loss": 0.7, "loss_pixel": 0.4, "loss_penalty/body": 0.3}]}
+    assert curve_values(single, "loss_pixel") == [(19, 0.5), (39, 0.25)]
+    assert curve_values(penalised, "loss_pixel") == [(19, 0.4)]
+    assert curve_values(single, "crbp/body/residual") == []
