@@ -1,21 +1,24 @@
-"""Which paths does a trained Pathfinder model select, and does it trace? Regenerates test
-contours with their parts (the target split into thirds of its length counted from the marker,
-the distractors as long as the target, the shorter distractors, the blank background) and reports,
-for seed 0's weights of each model, the fraction of each part's pixels predicted positive after
-each step. A model that traces recovers the target's near third before its far third and leaves
-the equally long distractor dark; a model that segments "long paths" lights the long distractor
-as much as the target, whatever the step.
+"""Which paths does a trained Pathfinder model select, and how far along the contour does the
+marker decide? Regenerates test contours with their parts (the target split into thirds counted
+from the marker, the distractors as long as the target, the shorter distractors, the background)
+and, for seed 0's weights of each model, reports after each step the fraction of each part
+predicted positive, and the marker's influence per paddle position along the target: the
+predicted probability minus the one predicted for the same image with the marker dot erased (both
+in one batch, so that the cell's batch statistics are the same). A model that traces carries the
+marker's influence along the whole target, and fills the target in from the marker over the steps;
+a model that segments long paths and only looks near the marker has an influence that dies a few
+paddles from it.
 
     python -m benchmarks.pathfinder.selection --models crbp bptt cbptt rbp cnn --length 14
+    python -m benchmarks.pathfinder.selection --report-only ...     # from the committed measurements
 
-Writes benchmarks/results/pathfinder_selection.md and .png (needs the experiment's seed-0
-weights: python -m benchmarks.pathfinder.experiment).
+Writes benchmarks/results/pathfinder/experiment/<model>/selection_L<length>_seed0.json and
+benchmarks/results/pathfinder_selection.md and .png (needs the experiment's seed-0 weights:
+python -m benchmarks.pathfinder.experiment).
 """
 import argparse
 import json
 import os
-import shlex
-import sys
 from typing import Dict, List
 
 import numpy as np
@@ -51,7 +54,7 @@ def contour_parts(cfg, length: int, count: int, images: torch.Tensor) -> Dict[st
     parts: bool [count, len(PARTS), S, S]. A target pixel belongs to the third of its nearest
         paddle, counted along the path from the marker (the marker is in the near third).
     order: int [count, S, S], that paddle's position from the marker (0 .. length - 1) on the
-        target's paddles, -1 elsewhere (and on the marker dot, which the unmarked image lacks).
+        target's pixels that the marker does not change, -1 elsewhere.
     unmarked: float [count, 1, S, S], the images without the marker dot (the path left intact).
     """
     gen = generator_config(cfg, length)
@@ -85,11 +88,13 @@ def contour_parts(cfg, length: int, count: int, images: torch.Tensor) -> Dict[st
         parts[n, 5] = s["image"] == 0
         field = stroke_field(np.array([a for a, _, _ in paddles]), np.array([b for _, b, _ in paddles]),
                              np.full(len(paddles), gen.stroke_radius), size, pad=strokes.pad)
-        path_only = np.clip(0.5 - field, 0.0, 1.0)
-        on_paddles = paths[0] & (path_only >= 0.5)  # in both images: the marker's own pixels are not
-        order[n][on_paddles] = position[on_paddles]
-        others = s["coverage"][1:].max(0) if len(paths) > 1 else np.zeros_like(path_only)
-        unmarked[n, 0] = np.round(np.maximum(path_only, others) * 255) / 255.0
+        others = s["coverage"][1:].max(0) if len(paths) > 1 else np.zeros((size, size))
+        without = np.round(np.maximum(np.clip(0.5 - field, 0.0, 1.0), others) * 255)
+        unmarked[n, 0] = without / 255.0
+        # the influence is read where both images are the same (not on the marker, nor on the
+        # paddle pixels it brightens)
+        same = paths[0] & (without == s["image"])
+        order[n][same] = position[same]
     return {"parts": parts, "order": order, "unmarked": torch.from_numpy(unmarked)}
 
 
@@ -99,27 +104,30 @@ def recall_per_part(positive: torch.Tensor, parts: np.ndarray) -> List[float]:
     return [float(pos[parts[:, k]].mean()) if parts[:, k].any() else float("nan") for k in range(len(PARTS))]
 
 
-def influence_per_position(prob: torch.Tensor, prob_unmarked: torch.Tensor, order: np.ndarray, length: int) -> List[float]:
-    """Mean over target pixels at each paddle position from the marker of p(image) - p(image
-    without the marker): how much the marker decides that the pixel is on the marked path."""
-    diff = (prob - prob_unmarked)[:, 0].numpy()
-    return [float(diff[order == k].mean()) if (order == k).any() else float("nan") for k in range(length)]
+def per_position(values: np.ndarray, order: np.ndarray, length: int) -> List[float]:
+    """Mean of `values` [N, S, S] over the target's pixels at each paddle position from the marker."""
+    return [round(float(values[order == k].mean()), 4) if (order == k).any() else float("nan") for k in range(length)]
 
 
 @torch.no_grad()
-def measure(model, images: torch.Tensor, contours: Dict, steps: int, length: int) -> Dict[str, list]:
+def measure(model, images: torch.Tensor, contours: Dict, steps: int, length: int, horizon: int = 1) -> Dict[str, list]:
     """Per step (one 'step' for a feed-forward model): the recall of every part (the test images
-    in one batch, as the evaluator runs them), and the marker's influence per paddle position
-    along the target. For the influence, each image and its unmarked copy run in one batch: the
-    cell's BatchNorm normalises with batch statistics, so both see the same statistics and the
-    difference is the marker's alone."""
+    in one batch, as the evaluator runs them) and the marker's influence per paddle position along
+    the target, the mean of p(image) - p(image without its marker); at the `horizon`, the recall
+    per paddle position with and without the marker. For the influence each image and its
+    unmarked copy run in one batch: the cell's BatchNorm normalises with batch statistics, so both
+    see the same statistics and the difference is the marker's alone."""
     def outputs(batch):
         return [model.logits(batch)] if model.recurrence is None else model.step_outputs(batch, steps)
 
+    order = contours["order"]
     both = [o.split(len(images)) for o in outputs(torch.cat([images, contours["unmarked"]]))]
-    return {"selection": [recall_per_part(o > 0, contours["parts"]) for o in outputs(images)],
-            "influence": [influence_per_position(torch.sigmoid(m), torch.sigmoid(u), contours["order"], length)
-                          for m, u in both]}
+    marked, unmarked = both[horizon - 1]
+    return {"selection": [[round(v, 4) for v in recall_per_part(o > 0, contours["parts"])] for o in outputs(images)],
+            "influence": [per_position((torch.sigmoid(m) - torch.sigmoid(u))[:, 0].numpy(), order, length)
+                          for m, u in both],
+            "recall_by_position": {"marked": per_position((marked > 0)[:, 0].numpy(), order, length),
+                                   "unmarked": per_position((unmarked > 0)[:, 0].numpy(), order, length)}}
 
 
 def results_path(results_dir: str, experiment: str, name: str, length: int) -> str:
@@ -135,7 +143,7 @@ def measure_model(name: str, runs: Dict, weights: str, length: int, count: int, 
     images, _ = test_tensors(cfg, test_name(length), count)
     contours = contour_parts(cfg, length, len(images), images)
     horizon = runs[0].get("steps") if name not in FEED_FORWARD else None
-    out = measure(model, images, contours, 2 * horizon if horizon else 1, length)
+    out = measure(model, images, contours, 2 * horizon if horizon else 1, length, horizon or 1)
     return {"model": name, "length": length, "count": len(images), "horizon": horizon, **out}
 
 
@@ -144,13 +152,15 @@ def shown_steps(horizon) -> List[int]:
         if horizon else [1]
 
 
-def thirds(influence: List[float]) -> List[float]:
-    """Mean influence over the near, middle and far thirds of the positions."""
-    length = len(influence)
-    return [float(np.nanmean([v for k, v in enumerate(influence) if min(k * 3 // length, 2) == j])) for j in range(3)]
+def thirds(values: List[float]) -> List[float]:
+    """Means of per-position values over the near, middle and far thirds of the positions."""
+    length = len(values)
+    return [float(np.nanmean([v for k, v in enumerate(values) if min(k * 3 // length, 2) == j])) for j in range(3)]
 
 
-def write_report(measured: List[Dict], results_dir: str, command: str):
+def write_report(measured: List[Dict], results_dir: str):
+    command = (f"python -m benchmarks.pathfinder.selection --models {' '.join(r['model'] for r in measured)} "
+               f"--length {measured[0]['length']} --count {measured[0]['count']}")
     rows, influence_rows = [], []
     for r in measured:
         label, horizon = MODELS[r["model"]][0], r["horizon"]
@@ -161,25 +171,29 @@ def write_report(measured: List[Dict], results_dir: str, command: str):
     length, count = measured[0]["length"], measured[0]["count"]
     png = os.path.join(results_dir, "pathfinder_selection.png")
     title = f"Seed 0 on {count} test contours of {length} paddles"
-    panels = [("paddle position from the marker", "marker influence at the horizon: p - p(no marker)"),
-              ("step", "marker influence, far third of the target"),
+    panels = [("paddle position from the marker", "predicted positive at the horizon (dashed: marker erased)"),
+              ("paddle position from the marker", "marker influence at the horizon: p - p(no marker)"),
               ("step", "long distractors predicted positive"), ("step", "far third of the target predicted positive")]
-    recurrent = [r for r in measured if r["horizon"]]
     with saved_panels(png, title, panels) as axes:
         for i, r in enumerate(measured):
-            color = model_color(i, len(measured))
-            final = r["influence"][(r["horizon"] or 1) - 1]
-            axes[0].plot(range(len(final)), final, "o-", ms=3, color=color, label=MODELS[r["model"]][0])
-            if r in recurrent:
+            color, label = model_color(i, len(measured)), MODELS[r["model"]][0]
+            position = range(r["length"])
+            axes[0].plot(position, r["recall_by_position"]["marked"], "o-", ms=3, color=color, label=label)
+            axes[0].plot(position, r["recall_by_position"]["unmarked"], "--", color=color)
+            axes[1].plot(position, r["influence"][(r["horizon"] or 1) - 1], "o-", ms=3, color=color)
+            if r["horizon"]:
                 t = range(1, len(r["selection"]) + 1)
-                axes[1].plot(t, [thirds(v)[2] for v in r["influence"]], color=color)
                 axes[2].plot(t, [v[3] for v in r["selection"]], color=color)
                 axes[3].plot(t, [v[2] for v in r["selection"]], color=color)
-                for ax in axes[1:]:
+                for ax in axes[2:]:
                     ax.axvline(r["horizon"], color=color, ls="--", lw=0.8)
-        axes[0].axhline(0, color="k", lw=0.6)
+        axes[1].axhline(0, color="k", lw=0.6)
     parts_table = markdown_table(["model", "step"] + list(PARTS), rows)
     influence_table = markdown_table(["model", "step", "near third", "middle third", "far third"], influence_rows)
+    erased_table = markdown_table(
+        ["model", "near third", "middle third", "far third", "near, marker erased", "middle, erased", "far, erased"],
+        [[MODELS[r["model"]][0]] + [f"{v:.2f}" for v in thirds(r["recall_by_position"]["marked"])
+                                     + thirds(r["recall_by_position"]["unmarked"])] for r in measured])
     md = os.path.join(results_dir, "pathfinder_selection.md")
     with open(md, "w") as f:
         f.write(f"# Pathfinder: which paths do the models select, and how far does the marker reach?\n\n"
@@ -187,7 +201,10 @@ def write_report(measured: List[Dict], results_dir: str, command: str):
                 f"## Fraction of each part predicted positive\n\n{parts_table}\n\n"
                 f"## Marker influence along the target\n\nMean over the target's pixels of the predicted probability "
                 f"minus the probability predicted for the same image without its marker dot, per third of the "
-                f"target counted from the marker.\n\n{influence_table}\n\n![selection](pathfinder_selection.png)\n")
+                f"target counted from the marker.\n\n{influence_table}\n\n"
+                f"## At the horizon: the target predicted positive, with its marker and with the marker erased\n\n"
+                f"Each image and its unmarked copy in one batch.\n\n{erased_table}\n\n"
+                f"![selection](pathfinder_selection.png)\n")
     print(f"wrote {md}\n{parts_table}\n\n{influence_table}")
 
 
@@ -217,8 +234,7 @@ def main(argv=None):
                 measured.append(json.load(f))
     if not measured:
         raise SystemExit("nothing measured: run the experiment first (python -m benchmarks.pathfinder.experiment)")
-    argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
-    write_report(measured, args.results, "python -m benchmarks.pathfinder.selection " + " ".join(map(shlex.quote, argv)))
+    write_report(measured, args.results)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """The Pathfinder benchmarks end to end on a tiny setting: the experiment trains its models through
 the tool, writes per-run JSON and its report; the equilibrium diagnostic reads the seed-0 weights and
-reports numbers that mean something (IoU in [0, 1], a spectral radius, a distance that shrinks)."""
+reports numbers that mean something (IoU in [0, 1], a spectral radius, a distance that shrinks); the
+selection diagnostic's contour parts and marker influence have the properties they claim."""
 import json
 import os
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from detectron2.evaluation.testing import flatten_results_dict
 
@@ -98,3 +101,82 @@ def test_task_loss_curve_of_a_single_loss_run_is_its_total_loss():
     assert curve_values(single, "loss_pixel") == [(19, 0.5), (39, 0.25)]
     assert curve_values(penalised, "loss_pixel") == [(19, 0.4)]
     assert curve_values(single, "crbp/body/residual") == []
+
+
+def test_selection_diagnostic_measures_and_rebuilds_its_report(experiment_results):
+    """The selection diagnostic reads seed 0's weights, commits its measurements as JSON, and
+    --report-only rebuilds the same report from them."""
+    from benchmarks.pathfinder import selection
+
+    results = experiment_results / "results"
+    os.environ["CRBP_PATHFINDER_DIR"] = str(experiment_results / "data")
+    try:
+        selection.main(["--models", "crbp", "cnn", "--length", "4", "--count", "8", "--results", str(results)])
+        measured = (results / "pathfinder_selection.md").read_text()
+        selection.main(["--models", "crbp", "cnn", "--length", "4", "--report-only", "--results", str(results)])
+    finally:
+        os.environ.pop("CRBP_PATHFINDER_DIR")
+    assert (results / "pathfinder_selection.md").read_text() == measured
+    crbp = json.loads((results / "pathfinder" / "experiment" / "crbp" / "selection_L4_seed0.json").read_text())
+    assert crbp["horizon"] == 3 and len(crbp["selection"]) == 6 and len(crbp["influence"]) == 6
+    assert all(0 <= v <= 1 for step in crbp["selection"] for v in step if v == v)  # nan: no such part
+    assert all(-1 <= v <= 1 for step in crbp["influence"] for v in step if v == v)
+    assert "hGRU C-RBP" in measured and "CNN, parameter-matched" in measured
+
+
+@pytest.fixture(scope="module")
+def contours(tmp_path_factory):
+    """64 px test contours of 10 paddles with one long and two short distractors, and their parts."""
+    from benchmarks.pathfinder.selection import contour_parts
+    from crbp_detectron.pathfinder.data import test_name, test_tensors
+    from crbp_detectron.pathfinder.engine import prepare_datasets
+
+    cfg = load_pathfinder_config("pathfinder/cnn.yaml", [
+        "PATHFINDER.DATA.ROOT", str(tmp_path_factory.mktemp("pf_parts")), "PATHFINDER.DATA.TEST_LENGTHS", [10],
+        "PATHFINDER.DATA.TRAIN_LENGTHS", [10], "PATHFINDER.DATA.TRAIN_PER_LENGTH", 4,
+        "PATHFINDER.DATA.TEST_PER_LENGTH", 12, "PATHFINDER.DATA.DISTRACTORS", 3, "PATHFINDER.DATA.WORKERS", 1,
+        "PATHFINDER.MODEL.CNN_LAYERS", 1, "PATHFINDER.MODEL.STRIDE", 1, "PATHFINDER.MODEL.FRONT_KERNEL_SIZE", 3])
+    prepare_datasets(cfg)
+    images, masks = test_tensors(cfg, test_name(10), 12)
+    return cfg, images, masks, contour_parts(cfg, 10, len(images), images)
+
+
+def test_contour_parts_split_the_canvas_and_erase_only_the_marker(contours):
+    cfg, images, masks, parts = contours
+    p, order, unmarked = parts["parts"], parts["order"], parts["unmarked"]
+    assert (p.sum(1) <= 1).all()  # disjoint
+    assert (p[:, :3].any(1) == masks[:, 0].numpy()).all()  # the thirds are the label
+    assert p[:, 3].any() and p[:, 4].any()  # a long and short distractors
+    assert set(np.unique(order)) == set(range(-1, 10))
+    assert ((order >= 0) <= masks[:, 0].numpy()).all()
+    for n in range(len(images)):  # position 0 is the paddle at the marker: nearest to the erased pixels
+        erased = (images[n, 0] != unmarked[n, 0]).numpy()
+        assert erased.any() and not (erased & (order[n] >= 0)).any() and not (erased & p[n, 3:5].any(0)).any()
+        ys, xs = np.nonzero(erased)
+        first, last = (np.argwhere(order[n] == k) for k in (0, 9))
+        centre = np.array([ys.mean(), xs.mean()])
+        assert np.linalg.norm(first - centre, axis=1).min() < np.linalg.norm(last - centre, axis=1).min()
+    from benchmarks.pathfinder.selection import contour_parts
+
+    with pytest.raises(RuntimeError, match="differs from the stored one"):
+        contour_parts(cfg, 10, 2, images.flip(-1))
+
+
+def test_marker_influence_is_zero_beyond_a_feed_forward_models_reach(contours):
+    """A feed-forward model sees a fixed neighbourhood: the marker's influence must be exactly
+    zero on target paddles out of its reach, and not zero at the marker's own paddle."""
+    from benchmarks.pathfinder.selection import measure
+    from crbp_detectron.pathfinder.engine import PathfinderTrainer
+
+    cfg, images, masks, parts = contours
+    torch.manual_seed(0)
+    model = PathfinderTrainer.build_model(cfg).eval()  # 3x3 front, one 3x3 layer, 1x1 readout: reach 2 px
+    out = measure(model, images, parts, steps=1, length=10)
+    influence = out["influence"][0]
+    assert abs(influence[0]) > 1e-4
+    erased = (images != parts["unmarked"])[:, 0].numpy()
+    for k in range(10):
+        pixels = np.argwhere(parts["order"] == k)
+        near = [np.abs(np.argwhere(erased[n]) - (y, x)).max(1).min() <= 2 for n, y, x in pixels]
+        if not any(near):
+            assert influence[k] == 0.0, (k, influence)
