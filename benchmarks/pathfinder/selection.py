@@ -1,19 +1,19 @@
 """Which paths does a trained Pathfinder model select, and how far along the contour does the
 marker decide? Regenerates test contours with their parts (the target split into thirds counted
 from the marker, the distractors as long as the target, the shorter distractors, the background)
-and, for seed 0's weights of each model, reports after each step the fraction of each part
-predicted positive, and the marker's influence per paddle position along the target: the
-predicted probability minus the one predicted for the same image with the marker dot erased (both
-in one batch, so that the cell's batch statistics are the same). A model that traces carries the
-marker's influence along the whole target, and fills the target in from the marker over the steps;
-a model that segments long paths and only looks near the marker has an influence that dies a few
-paddles from it.
+and, for every seed's weights of each model, reports after each step up to the training horizon
+the fraction of each part predicted positive, and the marker's influence per paddle position along
+the target: the predicted probability minus the one predicted for the same image with the marker
+dot erased (both in one batch, so that the cell's batch statistics are the same). A model that
+traces carries the marker's influence along the whole target and fills the target in from the
+marker over the steps; a model that segments long paths and only looks near the marker has an
+influence that dies a few paddles from it.
 
     python -m benchmarks.pathfinder.selection --models crbp bptt cbptt rbp cnn --length 14
     python -m benchmarks.pathfinder.selection --report-only ...     # from the committed measurements
 
-Writes benchmarks/results/pathfinder/experiment/<model>/selection_L<length>_seed0.json and
-benchmarks/results/pathfinder_selection.md and .png (needs the experiment's seed-0 weights:
+Writes benchmarks/results/pathfinder/experiment/<model>/selection_L<length>_seed<k>.json,
+benchmarks/results/pathfinder_selection.md and .png (needs the runs' weights:
 python -m benchmarks.pathfinder.experiment).
 """
 import argparse
@@ -32,8 +32,8 @@ from crbp_detectron.plotting import saved_panels
 from crbp_detectron.tables import markdown_table
 
 from .equilibrium import run_config
-from .experiment import EXPERIMENT, FEED_FORWARD, MODELS, Setting
-from .report import model_color
+from .experiment import EXPERIMENT, FEED_FORWARD, MODELS
+from .report import mean_std, model_color
 from .runs import RESULTS_DIR, experiment_dir, load_experiment
 
 PARTS = ("target, near third", "target, middle third", "target, far third", "long distractors",
@@ -110,46 +110,45 @@ def per_position(values: np.ndarray, order: np.ndarray, length: int) -> List[flo
 
 
 @torch.no_grad()
-def measure(model, images: torch.Tensor, contours: Dict, steps: int, length: int, horizon: int = 1) -> Dict[str, list]:
-    """Per step (one 'step' for a feed-forward model): the recall of every part (the test images
-    in one batch, as the evaluator runs them) and the marker's influence per paddle position along
-    the target, the mean of p(image) - p(image without its marker); at the `horizon`, the recall
-    per paddle position with and without the marker. For the influence each image and its
-    unmarked copy run in one batch: the cell's BatchNorm normalises with batch statistics, so both
-    see the same statistics and the difference is the marker's alone."""
-    def outputs(batch):
-        return [model.logits(batch)] if model.recurrence is None else model.step_outputs(batch, steps)
-
-    order = contours["order"]
-    both = [o.split(len(images)) for o in outputs(torch.cat([images, contours["unmarked"]]))]
-    marked, unmarked = both[horizon - 1]
-    return {"selection": [[round(v, 4) for v in recall_per_part(o > 0, contours["parts"])] for o in outputs(images)],
-            "influence": [per_position((torch.sigmoid(m) - torch.sigmoid(u))[:, 0].numpy(), order, length)
-                          for m, u in both],
-            "recall_by_position": {"marked": per_position((marked > 0)[:, 0].numpy(), order, length),
-                                   "unmarked": per_position((unmarked > 0)[:, 0].numpy(), order, length)}}
-
-
-def results_path(results_dir: str, experiment: str, name: str, length: int) -> str:
-    return os.path.join(experiment_dir(results_dir, experiment), name, f"selection_L{length}_seed0.json")
+def measure(model, images: torch.Tensor, contours: Dict, steps: int, length: int) -> Dict[str, list]:
+    """Per step (one 'step' for a feed-forward model), for the test images run in one batch with
+    their unmarked copies (the cell's BatchNorm normalises with batch statistics: both copies see
+    the same, so a difference between them is the marker's alone): the fraction of every part
+    predicted positive, and per paddle position along the target, the recall with and without the
+    marker and the marker's influence, the mean of p(image) - p(image without its marker)."""
+    both = torch.cat([images, contours["unmarked"]])
+    outputs = [model.logits(both)] if model.recurrence is None else model.step_outputs(both, steps)
+    order, out = contours["order"], {"selection": [], "influence": [], "recall_marked": [], "recall_unmarked": []}
+    for logits in outputs:
+        marked, unmarked = logits.split(len(images))
+        out["selection"].append([round(v, 4) for v in recall_per_part(marked > 0, contours["parts"])])
+        out["influence"].append(per_position((torch.sigmoid(marked) - torch.sigmoid(unmarked))[:, 0].numpy(),
+                                             order, length))
+        out["recall_marked"].append(per_position((marked > 0)[:, 0].numpy(), order, length))
+        out["recall_unmarked"].append(per_position((unmarked > 0)[:, 0].numpy(), order, length))
+    return out
 
 
-def measure_model(name: str, runs: Dict, weights: str, length: int, count: int, setting: Setting) -> Dict:
-    cfg = run_config(runs[0], setting.data_root)
+def results_path(results_dir: str, name: str, length: int, seed: int) -> str:
+    return os.path.join(experiment_dir(results_dir, EXPERIMENT), name, f"selection_L{length}_seed{seed}.json")
+
+
+def measure_run(name: str, result: Dict, weights: str, length: int, count: int, data_root: str = "") -> Dict:
+    """The measurements of one trained run (its results file and weights)."""
+    cfg = run_config(result, data_root)
     prepare_datasets(cfg)
     model = PathfinderTrainer.build_model(cfg)
     model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     images, _ = test_tensors(cfg, test_name(length), count)
     contours = contour_parts(cfg, length, len(images), images)
-    horizon = runs[0].get("steps") if name not in FEED_FORWARD else None
-    out = measure(model, images, contours, 2 * horizon if horizon else 1, length, horizon or 1)
+    horizon = result.get("steps") if name not in FEED_FORWARD else None
+    out = measure(model, images, contours, horizon or 1, length)
     return {"model": name, "length": length, "count": len(images), "horizon": horizon, **out}
 
 
 def shown_steps(horizon) -> List[int]:
-    return sorted({t for t in (4, horizon // 4, horizon // 2, horizon, 2 * horizon) if 1 <= t <= 2 * horizon}) \
-        if horizon else [1]
+    return sorted({t for t in (4, horizon // 4, horizon // 2, horizon) if 1 <= t <= horizon}) if horizon else [1]
 
 
 def thirds(values: List[float]) -> List[float]:
@@ -158,54 +157,74 @@ def thirds(values: List[float]) -> List[float]:
     return [float(np.nanmean([v for k, v in enumerate(values) if min(k * 3 // length, 2) == j])) for j in range(3)]
 
 
-def write_report(measured: List[Dict], results_dir: str):
-    command = (f"python -m benchmarks.pathfinder.selection --models {' '.join(r['model'] for r in measured)} "
-               f"--length {measured[0]['length']} --count {measured[0]['count']}")
-    rows, influence_rows = [], []
-    for r in measured:
-        label, horizon = MODELS[r["model"]][0], r["horizon"]
+def over_seeds(seeds: List[Dict], value) -> np.ndarray:
+    """value(measurement) for every seed, stacked: [seeds, ...]."""
+    return np.array([value(r) for r in seeds], dtype=float)
+
+
+def cells(values: np.ndarray, signed: bool = False) -> List[str]:
+    """'mean ± std' over seeds (axis 0) per column; `signed` shows the sign of positive means."""
+    out = []
+    for column in values.T:
+        mean, std = mean_std(list(column))
+        out.append(f"{mean:{'+' if signed else ''}.2f} ± {std:.2f}")
+    return out
+
+
+def write_report(measured: Dict[str, List[Dict]], results_dir: str):
+    """measured: {model: [measurement per seed]}."""
+    first = next(iter(measured.values()))[0]
+    length, count = first["length"], first["count"]
+    seeds = sorted({len(v) for v in measured.values()})
+    command = f"python -m benchmarks.pathfinder.selection --models {' '.join(measured)} --length {length} --count {count}"
+    parts_rows, influence_rows, erased_rows = [], [], []
+    for name, runs in measured.items():
+        label, horizon = f"{MODELS[name][0]} ({len(runs)} seeds)", runs[0]["horizon"]
         for t in shown_steps(horizon):
             step = t if horizon else "–"
-            rows.append([label, step] + [f"{v:.2f}" for v in r["selection"][t - 1]])
-            influence_rows.append([label, step] + [f"{v:+.2f}" for v in thirds(r["influence"][t - 1])])
-    length, count = measured[0]["length"], measured[0]["count"]
+            parts_rows.append([label, step] + cells(over_seeds(runs, lambda r: r["selection"][t - 1])))
+            influence_rows.append([label, step] + cells(over_seeds(runs, lambda r: thirds(r["influence"][t - 1])), True))
+        by_position = over_seeds(runs, lambda r: thirds(r["recall_marked"][-1]) + thirds(r["recall_unmarked"][-1]))
+        erased_rows.append([label] + cells(by_position))
     png = os.path.join(results_dir, "pathfinder_selection.png")
-    title = f"Seed 0 on {count} test contours of {length} paddles"
+    title = f"{count} test contours of {length} paddles, mean over seeds"
     panels = [("paddle position from the marker", "predicted positive at the horizon (dashed: marker erased)"),
               ("paddle position from the marker", "marker influence at the horizon: p - p(no marker)"),
               ("step", "long distractors predicted positive"), ("step", "far third of the target predicted positive")]
     with saved_panels(png, title, panels) as axes:
-        for i, r in enumerate(measured):
-            color, label = model_color(i, len(measured)), MODELS[r["model"]][0]
-            position = range(r["length"])
-            axes[0].plot(position, r["recall_by_position"]["marked"], "o-", ms=3, color=color, label=label)
-            axes[0].plot(position, r["recall_by_position"]["unmarked"], "--", color=color)
-            axes[1].plot(position, r["influence"][(r["horizon"] or 1) - 1], "o-", ms=3, color=color)
-            if r["horizon"]:
-                t = range(1, len(r["selection"]) + 1)
-                axes[2].plot(t, [v[3] for v in r["selection"]], color=color)
-                axes[3].plot(t, [v[2] for v in r["selection"]], color=color)
+        for i, (name, runs) in enumerate(measured.items()):
+            color, horizon = model_color(i, len(measured)), runs[0]["horizon"]
+            position = range(length)
+            mean = lambda value: over_seeds(runs, value).mean(0)  # noqa: E731
+            axes[0].plot(position, mean(lambda r: r["recall_marked"][-1]), "o-", ms=3, color=color, label=MODELS[name][0])
+            axes[0].plot(position, mean(lambda r: r["recall_unmarked"][-1]), "--", color=color)
+            influence = over_seeds(runs, lambda r: r["influence"][-1])
+            axes[1].errorbar(position, influence.mean(0), yerr=influence.std(0, ddof=1) if len(runs) > 1 else None,
+                             fmt="o-", ms=3, capsize=2, color=color)
+            if horizon:
+                t = range(1, horizon + 1)
+                axes[2].plot(t, mean(lambda r: [v[3] for v in r["selection"]]), color=color)
+                axes[3].plot(t, mean(lambda r: [v[2] for v in r["selection"]]), color=color)
                 for ax in axes[2:]:
-                    ax.axvline(r["horizon"], color=color, ls="--", lw=0.8)
+                    ax.axvline(horizon, color=color, ls="--", lw=0.8)
         axes[1].axhline(0, color="k", lw=0.6)
-    parts_table = markdown_table(["model", "step"] + list(PARTS), rows)
+    parts_table = markdown_table(["model", "step"] + list(PARTS), parts_rows)
     influence_table = markdown_table(["model", "step", "near third", "middle third", "far third"], influence_rows)
-    erased_table = markdown_table(
-        ["model", "near third", "middle third", "far third", "near, marker erased", "middle, erased", "far, erased"],
-        [[MODELS[r["model"]][0]] + [f"{v:.2f}" for v in thirds(r["recall_by_position"]["marked"])
-                                     + thirds(r["recall_by_position"]["unmarked"])] for r in measured])
+    erased_table = markdown_table(["model", "near third", "middle third", "far third", "near, marker erased",
+                                   "middle, erased", "far, erased"], erased_rows)
     md = os.path.join(results_dir, "pathfinder_selection.md")
     with open(md, "w") as f:
         f.write(f"# Pathfinder: which paths do the models select, and how far does the marker reach?\n\n"
                 f"Produced by:\n\n```\n{command}\n```\n\n{__doc__.split(chr(10) + chr(10))[0]}\n\n"
+                f"Every number is the mean ± std over the seeds' weights ({', '.join(map(str, seeds))} seeds).\n\n"
                 f"## Fraction of each part predicted positive\n\n{parts_table}\n\n"
                 f"## Marker influence along the target\n\nMean over the target's pixels of the predicted probability "
                 f"minus the probability predicted for the same image without its marker dot, per third of the "
                 f"target counted from the marker.\n\n{influence_table}\n\n"
                 f"## At the horizon: the target predicted positive, with its marker and with the marker erased\n\n"
-                f"Each image and its unmarked copy in one batch.\n\n{erased_table}\n\n"
-                f"![selection](pathfinder_selection.png)\n")
-    print(f"wrote {md}\n{parts_table}\n\n{influence_table}")
+                f"Mean over the paddle positions of each third; each image and its unmarked copy in one batch."
+                f"\n\n{erased_table}\n\n![selection](pathfinder_selection.png)\n")
+    print(f"wrote {md}\n{parts_table}\n\n{influence_table}\n\n{erased_table}")
 
 
 def main(argv=None):
@@ -217,23 +236,24 @@ def main(argv=None):
     p.add_argument("--results", default=RESULTS_DIR)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    setting = Setting(args.results, os.environ.get("CRBP_PATHFINDER_DIR", ""))
+    data_root = os.environ.get("CRBP_PATHFINDER_DIR", "")
     found = load_experiment(EXPERIMENT, args.results)
-    measured = []
+    measured = {}
     for name in args.models:
-        path = results_path(args.results, EXPERIMENT, name, args.length)
-        if not args.report_only:
-            weights = os.path.join(experiment_dir(args.results, EXPERIMENT), name, "seed0_model.pth")
-            if 0 not in found.get(name, {}) or not os.path.exists(weights):
-                print(f"skipping {name}: no seed-0 result and weights ({weights})")
-                continue
-            with open(path, "w") as f:
-                json.dump(measure_model(name, found[name], weights, args.length, args.count, setting), f)
-        if os.path.exists(path):
-            with open(path) as f:
-                measured.append(json.load(f))
+        for seed, result in sorted(found.get(name, {}).items()):
+            path = results_path(args.results, name, args.length, seed)
+            weights = os.path.join(experiment_dir(args.results, EXPERIMENT), name, f"seed{seed}_model.pth")
+            if not args.report_only and os.path.exists(weights):
+                out = measure_run(name, result, weights, args.length, args.count, data_root)
+                with open(path + ".tmp", "w") as f:
+                    json.dump(out, f)
+                os.replace(path + ".tmp", path)
+                print(f"measured {name} seed {seed}", flush=True)
+            if os.path.exists(path):
+                with open(path) as f:
+                    measured.setdefault(name, []).append(json.load(f))
     if not measured:
-        raise SystemExit("nothing measured: run the experiment first (python -m benchmarks.pathfinder.experiment)")
+        raise SystemExit("nothing measured: the models need their weights (python -m benchmarks.pathfinder.experiment)")
     write_report(measured, args.results)
 
 

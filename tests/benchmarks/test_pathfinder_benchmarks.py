@@ -118,7 +118,7 @@ def test_selection_diagnostic_measures_and_rebuilds_its_report(experiment_result
         os.environ.pop("CRBP_PATHFINDER_DIR")
     assert (results / "pathfinder_selection.md").read_text() == measured
     crbp = json.loads((results / "pathfinder" / "experiment" / "crbp" / "selection_L4_seed0.json").read_text())
-    assert crbp["horizon"] == 3 and len(crbp["selection"]) == 6 and len(crbp["influence"]) == 6
+    assert crbp["horizon"] == 3 and len(crbp["selection"]) == 3 and len(crbp["influence"]) == 3
     assert all(0 <= v <= 1 for step in crbp["selection"] for v in step if v == v)  # nan: no such part
     assert all(-1 <= v <= 1 for step in crbp["influence"] for v in step if v == v)
     assert "hGRU C-RBP" in measured and "CNN, parameter-matched" in measured
