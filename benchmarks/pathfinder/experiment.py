@@ -287,7 +287,7 @@ Produced by:
 {command}
 ```
 
-Runs: `benchmarks/results/pathfinder/experiment/<model>/seed<k>.json` (plus seed 0's weights);
+Runs: `benchmarks/results/pathfinder/experiment/<model>/seed<k>.json` (plus their weights);
 `--report-only` rebuilds this file and the pictures from them. Mean ± sample standard deviation
 over seeds. Code version of the runs: {sorted({r.get('code', '?') for runs in groups.values() for r in runs.values()})}.
 
@@ -330,6 +330,9 @@ The pictures show {", ".join(MODELS[n][0] for n in pictured)}; every model is in
 ## One contour over the steps
 
 ![evolution](pathfinder_evolution.png)
+
+Which paths the models select over the steps, and how far along the target the marker decides:
+[pathfinder_selection.md](pathfinder_selection.md) (`python -m benchmarks.pathfinder.selection`).
 """)
     print(f"wrote {results_md}\n{iou_table}\n{beyond_table}")
 
