@@ -47,6 +47,15 @@ def run_config(result: dict, data_root: str = ""):
         os.unlink(f.name)
 
 
+def trained_model(result: dict, weights: str, data_root: str = ""):
+    """(the model of a committed run with its weights loaded, in evaluation mode; its config)."""
+    cfg = run_config(result, data_root)
+    prepare_datasets(cfg)
+    model = PathfinderTrainer.build_model(cfg)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    return model.eval(), cfg
+
+
 def spectral_radius(cell, x, h, iterations: int = 60) -> float:
     """|largest eigenvalue| of dF/dh at (x, h) by power iteration on vector-Jacobian products
     (the growth rate over the last third of the iterations)."""
@@ -103,11 +112,7 @@ def main(argv=None):
             print(f"skipping {name}: no seed-0 result and weights ({weights})")
             continue
         horizon = runs[0]["steps"]
-        cfg = run_config(runs[0], setting.data_root)
-        prepare_datasets(cfg)
-        model = PathfinderTrainer.build_model(cfg)
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        model.eval()
+        model, cfg = trained_model(runs[0], weights, setting.data_root)
         images, masks = test_tensors(cfg, test_name(args.length), args.count)
         x, states, ious, steps, distance = trace(model, images, masks, args.far)
         rho_h = spectral_radius(model.recurrence.cell, x, states[horizon - 1])

@@ -26,25 +26,17 @@ import torch
 
 from crbp_detectron.data.pathfinder.generator import generate_sample
 from crbp_detectron.data.pathfinder.geometry import _point_segment_distance, stroke_field
-from crbp_detectron.pathfinder.data import generator_config, test_name, test_tensors
-from crbp_detectron.pathfinder.engine import PathfinderTrainer, prepare_datasets
+from crbp_detectron.pathfinder.data import generator_config, split_seed, test_name, test_tensors
 from crbp_detectron.plotting import saved_panels
 from crbp_detectron.tables import markdown_table
 
-from .equilibrium import run_config
+from .equilibrium import trained_model
 from .experiment import EXPERIMENT, FEED_FORWARD, MODELS
 from .report import mean_std, model_color
 from .runs import RESULTS_DIR, experiment_dir, load_experiment
 
 PARTS = ("target, near third", "target, middle third", "target, far third", "long distractors",
          "short distractors", "background")
-
-
-def test_seed(cfg, length: int) -> int:
-    """The generator seed of a test set (crbp_detectron.pathfinder.data.dataset_folder's)."""
-    from crbp_detectron.pathfinder.data import _SPLIT_SEED_OFFSET
-
-    return cfg.PATHFINDER.DATA.SEED * 1000 + _SPLIT_SEED_OFFSET["test"] + length
 
 
 def contour_parts(cfg, length: int, count: int, images: torch.Tensor) -> Dict[str, object]:
@@ -58,7 +50,7 @@ def contour_parts(cfg, length: int, count: int, images: torch.Tensor) -> Dict[st
     unmarked: float [count, 1, S, S], the images without the marker dot (the path left intact).
     """
     gen = generator_config(cfg, length)
-    seed = test_seed(cfg, length)
+    seed = split_seed(cfg, "test", length)
     size = gen.size
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     centres = np.stack([xs, ys], -1)  # pixel (row y, column x) has centre (x, y)
@@ -135,11 +127,7 @@ def results_path(results_dir: str, name: str, length: int, seed: int) -> str:
 
 def measure_run(name: str, result: Dict, weights: str, length: int, count: int, data_root: str = "") -> Dict:
     """The measurements of one trained run (its results file and weights)."""
-    cfg = run_config(result, data_root)
-    prepare_datasets(cfg)
-    model = PathfinderTrainer.build_model(cfg)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
+    model, cfg = trained_model(result, weights, data_root)
     images, _ = test_tensors(cfg, test_name(length), count)
     contours = contour_parts(cfg, length, len(images), images)
     horizon = result.get("steps") if name not in FEED_FORWARD else None

@@ -40,12 +40,17 @@ def generator_config(cfg, length: int) -> PathfinderConfig:
         marker_radius=d.MARKER_RADIUS, clearance=d.CLEARANCE, margin=d.MARGIN)
 
 
+def split_seed(cfg, split: str, length: int) -> int:
+    """The generator seed of one split and length (sample i is generate_sample(..., seed, i))."""
+    return cfg.PATHFINDER.DATA.SEED * 1000 + _SPLIT_SEED_OFFSET[split] + length
+
+
 def dataset_folder(cfg, split: str, length: int) -> str:
     """The set for one split and length, generated on first use (seeded: the same everywhere)."""
     d = cfg.PATHFINDER.DATA
     gen = generator_config(cfg, length)
     count = d.TRAIN_PER_LENGTH if split == "train" else d.TEST_PER_LENGTH
-    seed = d.SEED * 1000 + _SPLIT_SEED_OFFSET[split] + length
+    seed = split_seed(cfg, split, length)
     key = hashlib.sha1(json.dumps([gen.to_dict(), count, seed], sort_keys=True).encode()).hexdigest()[:10]
     folder = os.path.join(data_root(cfg), f"{split}_L{length}_s{gen.size}_{key}")
     ensure_dataset(folder, gen, count, seed, workers=d.WORKERS, progress=True)
