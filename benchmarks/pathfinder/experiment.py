@@ -43,6 +43,10 @@ MODELS = {
     "crbp_steps64": ("hGRU C-RBP, 64 steps", "pathfinder/crbp_steps64.yaml"),
     "crbp_lambda095_steps64": ("hGRU C-RBP, 64 steps, LCP lambda 0.95", "pathfinder/crbp_lambda095_steps64.yaml"),
     "crbp_lambda099_steps64": ("hGRU C-RBP, 64 steps, LCP lambda 0.99", "pathfinder/crbp_lambda099_steps64.yaml"),
+    # trained with two distractors as long as the target and no short ones (tested as the others)
+    "crbp_long_distractors_steps64": ("hGRU C-RBP, 64 steps, trained on long distractors only",
+                                      "pathfinder/crbp_long_distractors_steps64.yaml"),
+    "bptt_long_distractors": ("hGRU BPTT-1, trained on long distractors only", "pathfinder/bptt_long_distractors.yaml"),
     # the models at 10 channels, the experiment's width before 16, and the recipes tried there
     "crbp_channels10": ("hGRU C-RBP, 10 ch", "pathfinder/crbp_channels10.yaml"),
     "bptt_channels10": ("hGRU BPTT-1, 10 ch", "pathfinder/bptt_channels10.yaml"),

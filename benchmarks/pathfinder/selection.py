@@ -11,19 +11,28 @@ influence that dies a few paddles from it.
 
     python -m benchmarks.pathfinder.selection --models crbp bptt cbptt rbp cnn --length 14
     python -m benchmarks.pathfinder.selection --report-only ...     # from the committed measurements
+    python -m benchmarks.pathfinder.selection --models crbp --checkpoints SCRATCH   # over training
 
-Writes benchmarks/results/pathfinder/experiment/<model>/selection_L<length>_seed<k>.json,
+--checkpoints measures, at the horizon, every checkpoint that the experiment's runs left in its
+scratch folder (python -m benchmarks.pathfinder.experiment --scratch SCRATCH): does the marker
+reach further as training goes on?
+
+Writes benchmarks/results/pathfinder/experiment/<model>/selection_L<length>_seed<k>.json (and
+selection_L<length>_seed<k>_training.json with --checkpoints),
 benchmarks/results/pathfinder_selection.md and .png (needs the runs' weights:
 python -m benchmarks.pathfinder.experiment).
 """
 import argparse
+import glob
 import json
 import os
+import re
 from typing import Dict, List
 
 import numpy as np
 import torch
 
+from crbp_detectron.checkpoint import atomic_write
 from crbp_detectron.data.pathfinder.generator import generate_sample
 from crbp_detectron.data.pathfinder.geometry import _point_segment_distance, stroke_field
 from crbp_detectron.pathfinder.data import generator_config, split_seed, test_name, test_tensors
@@ -135,6 +144,34 @@ def measure_run(name: str, result: Dict, weights: str, length: int, count: int, 
     return {"model": name, "length": length, "count": len(images), "horizon": horizon, **out}
 
 
+def checkpoints_of(scratch: str, name: str, seed: int) -> List[tuple]:
+    """[(iterations done, path)] of the periodic checkpoints of one run in the experiment's scratch."""
+    found = glob.glob(os.path.join(scratch, EXPERIMENT, name, f"seed{seed}", "model_*.pth"))
+    numbered = [(int(m.group(1)) + 1, f) for f in found if (m := re.search(r"model_(\d+)\.pth$", f))]
+    return sorted(numbered)
+
+
+def measure_training(name: str, result: Dict, weights: str, checkpoints: List[tuple], length: int, count: int,
+                     data_root: str = "") -> Dict:
+    """At the horizon, for each checkpoint of one run: the fraction of each part predicted positive
+    and the marker's influence per paddle position."""
+    if name in FEED_FORWARD:
+        raise ValueError(f"{name} has no steps: measure recurrent models over training")
+    model, cfg = trained_model(result, weights, data_root)
+    images, _ = test_tensors(cfg, test_name(length), count)
+    contours = contour_parts(cfg, length, len(images), images)
+    horizon = result["steps"]
+    out = {"model": name, "length": length, "count": len(images), "horizon": horizon,
+           "iterations": [], "selection": [], "influence": []}
+    for iterations, path in checkpoints:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+        at_horizon = measure(model.eval(), images, contours, horizon, length)
+        out["iterations"].append(iterations)
+        out["selection"].append(at_horizon["selection"][-1])
+        out["influence"].append(at_horizon["influence"][-1])
+    return out
+
+
 def shown_steps(horizon) -> List[int]:
     return sorted({t for t in (4, horizon // 4, horizon // 2, horizon) if 1 <= t <= horizon}) if horizon else [1]
 
@@ -159,12 +196,30 @@ def cells(values: np.ndarray, signed: bool = False) -> List[str]:
     return out
 
 
-def write_report(measured: Dict[str, List[Dict]], results_dir: str):
-    """measured: {model: [measurement per seed]}."""
+def training_rows(training: Dict[str, List[Dict]]) -> List[list]:
+    """Rows of the over-training table: per model and checkpoint (those every seed has), the
+    influence per third and the far third and long distractors predicted positive at the horizon."""
+    rows = []
+    for name, runs in training.items():
+        common = sorted(set.intersection(*(set(r["iterations"]) for r in runs)))
+        label = f"{MODELS[name][0]} ({len(runs)} seeds)"
+        for it in common:
+            at = lambda r, key: r[key][r["iterations"].index(it)]  # noqa: E731
+            influence = over_seeds(runs, lambda r: thirds(at(r, "influence")))
+            picked = over_seeds(runs, lambda r: [at(r, "selection")[2], at(r, "selection")[3]])
+            rows.append([label, it] + cells(influence, True) + cells(picked))
+    return rows
+
+
+def write_report(measured: Dict[str, List[Dict]], results_dir: str, training: Dict[str, List[Dict]] = None):
+    """measured: {model: [measurement per seed]}; training: {model: [over-training measurement per seed]}."""
     first = next(iter(measured.values()))[0]
     length, count = first["length"], first["count"]
     seeds = sorted({len(v) for v in measured.values()})
     command = f"python -m benchmarks.pathfinder.selection --models {' '.join(measured)} --length {length} --count {count}"
+    if training:
+        command += (f"\npython -m benchmarks.pathfinder.selection --models {' '.join(training)} --length {length} "
+                    f"--count {count} --checkpoints SCRATCH   # SCRATCH: the experiment's --scratch")
     parts_rows, influence_rows, erased_rows = [], [], []
     for name, runs in measured.items():
         label, horizon = f"{MODELS[name][0]} ({len(runs)} seeds)", runs[0]["horizon"]
@@ -200,6 +255,15 @@ def write_report(measured: Dict[str, List[Dict]], results_dir: str):
     influence_table = markdown_table(["model", "step", "near third", "middle third", "far third"], influence_rows)
     erased_table = markdown_table(["model", "near third", "middle third", "far third", "near, marker erased",
                                    "middle, erased", "far, erased"], erased_rows)
+    training_section = ""
+    if training:
+        training_table = markdown_table(["model", "iterations", "influence, near third", "middle third", "far third",
+                                         "far third predicted positive", "long distractors predicted positive"],
+                                        training_rows(training))
+        training_section = (
+            f"## Over training, at the horizon\n\nThe runs' periodic checkpoints (measured with `--checkpoints "
+            f"SCRATCH`, the experiment's scratch folder): does the marker reach further as training goes on?"
+            f"\n\n{training_table}\n\n")
     md = os.path.join(results_dir, "pathfinder_selection.md")
     with open(md, "w") as f:
         f.write(f"# Pathfinder: which paths do the models select, and how far does the marker reach?\n\n"
@@ -211,8 +275,12 @@ def write_report(measured: Dict[str, List[Dict]], results_dir: str):
                 f"target counted from the marker.\n\n{influence_table}\n\n"
                 f"## At the horizon: the target predicted positive, with its marker and with the marker erased\n\n"
                 f"Mean over the paddle positions of each third; each image and its unmarked copy in one batch."
-                f"\n\n{erased_table}\n\n![selection](pathfinder_selection.png)\n")
-    print(f"wrote {md}\n{parts_table}\n\n{influence_table}\n\n{erased_table}")
+                f"\n\n{erased_table}\n\n{training_section}![selection](pathfinder_selection.png)\n")
+    print(f"wrote {md}\n{parts_table}\n\n{influence_table}\n\n{erased_table}\n\n{training_section}")
+
+
+def store(path: str, measurement: Dict):
+    atomic_write(path, lambda f: json.dump(measurement, f), mode="w")
 
 
 def main(argv=None):
@@ -222,27 +290,40 @@ def main(argv=None):
     p.add_argument("--count", type=int, default=64, help="test images")
     p.add_argument("--report-only", action="store_true", help="tables and plot from the committed measurements")
     p.add_argument("--results", default=RESULTS_DIR)
+    p.add_argument("--checkpoints", metavar="SCRATCH", default="",
+                   help="also measure every checkpoint of the runs in the experiment's scratch folder")
     args = p.parse_args(argv)
+    if args.checkpoints and set(args.models) & set(FEED_FORWARD):
+        p.error(f"--checkpoints measures recurrent models at their horizon; {sorted(set(args.models) & set(FEED_FORWARD))} "
+                "have no steps: leave them out of --models")
     torch.set_num_threads(1)
     data_root = os.environ.get("CRBP_PATHFINDER_DIR", "")
     found = load_experiment(EXPERIMENT, args.results)
-    measured = {}
+    measured, training = {}, {}
     for name in args.models:
         for seed, result in sorted(found.get(name, {}).items()):
             path = results_path(args.results, name, args.length, seed)
             weights = os.path.join(experiment_dir(args.results, EXPERIMENT), name, f"seed{seed}_model.pth")
-            if not args.report_only and os.path.exists(weights):
-                out = measure_run(name, result, weights, args.length, args.count, data_root)
-                with open(path + ".tmp", "w") as f:
-                    json.dump(out, f)
-                os.replace(path + ".tmp", path)
+            over_training = path[:-len(".json")] + "_training.json"
+            measure_now = not args.report_only and os.path.exists(weights)
+            if measure_now:
+                store(path, measure_run(name, result, weights, args.length, args.count, data_root))
                 print(f"measured {name} seed {seed}", flush=True)
-            if os.path.exists(path):
-                with open(path) as f:
-                    measured.setdefault(name, []).append(json.load(f))
+            if measure_now and args.checkpoints:
+                checkpoints = checkpoints_of(args.checkpoints, name, seed)
+                if not checkpoints:
+                    raise SystemExit(f"no checkpoints of {name} seed {seed} under {args.checkpoints} "
+                                     f"({EXPERIMENT}/{name}/seed{seed}/model_*.pth)")
+                out = measure_training(name, result, weights, checkpoints, args.length, args.count, data_root)
+                store(over_training, out)
+                print(f"measured {name} seed {seed} over training: iterations {out['iterations']}", flush=True)
+            for stored, into in ((path, measured), (over_training, training)):
+                if os.path.exists(stored):
+                    with open(stored) as f:
+                        into.setdefault(name, []).append(json.load(f))
     if not measured:
         raise SystemExit("nothing measured: the models need their weights (python -m benchmarks.pathfinder.experiment)")
-    write_report(measured, args.results)
+    write_report(measured, args.results, training)
 
 
 if __name__ == "__main__":

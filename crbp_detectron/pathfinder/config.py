@@ -30,6 +30,10 @@ def add_pathfinder_config(cfg):
     d.DISTRACTORS = 4
     d.DISTRACTOR_LENGTH = 0  # paddles per short distractor; 0 = a third of the target's
     d.LONG_DISTRACTORS = 1  # distractors as long as the target (removes a length shortcut)
+    # The training set's own distractors (-1: DISTRACTORS / LONG_DISTRACTORS): e.g. only distractors
+    # as long as the target, so that only the marker tells the target apart, tested on the usual sets.
+    d.TRAIN_DISTRACTORS = -1
+    d.TRAIN_LONG_DISTRACTORS = -1
     d.MARKER_RADIUS = 1.5
     d.CLEARANCE = 1.5
     d.MARGIN = 1.0
@@ -111,6 +115,14 @@ def validate_pathfinder_config(cfg):
         _check_number(d, key, pd, low=1, integer=True)
     if d.LONG_DISTRACTORS > d.DISTRACTORS:
         _fail(pd + "LONG_DISTRACTORS", d.LONG_DISTRACTORS, f"must be <= DISTRACTORS ({d.DISTRACTORS})")
+    for key in ("TRAIN_DISTRACTORS", "TRAIN_LONG_DISTRACTORS"):
+        _check_number(d, key, pd, low=-1, integer=True)
+    train_distractors = d.DISTRACTORS if d.TRAIN_DISTRACTORS < 0 else d.TRAIN_DISTRACTORS
+    train_long = d.LONG_DISTRACTORS if d.TRAIN_LONG_DISTRACTORS < 0 else d.TRAIN_LONG_DISTRACTORS
+    if train_long > train_distractors:
+        _fail(pd + "TRAIN_LONG_DISTRACTORS", d.TRAIN_LONG_DISTRACTORS,
+              f"the training set's long distractors ({train_long}) must be <= its distractors ({train_distractors}; "
+              "PATHFINDER.DATA.TRAIN_DISTRACTORS, -1 = DISTRACTORS)")
     for key in ("TRAIN_LENGTHS", "TEST_LENGTHS"):
         lengths = list(getattr(d, key))
         if not lengths or any(not isinstance(v, int) or v < 1 for v in lengths) or len(set(lengths)) != len(lengths):

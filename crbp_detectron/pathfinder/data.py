@@ -31,12 +31,17 @@ def data_root(cfg) -> str:
     return os.path.abspath(root)
 
 
-def generator_config(cfg, length: int) -> PathfinderConfig:
+def generator_config(cfg, length: int, split: str = "test") -> PathfinderConfig:
+    """The generator settings of one split ("train" or "test") and length."""
     d = cfg.PATHFINDER.DATA
+    distractors, long_distractors = d.DISTRACTORS, d.LONG_DISTRACTORS
+    if split == "train":
+        distractors = distractors if d.TRAIN_DISTRACTORS < 0 else d.TRAIN_DISTRACTORS
+        long_distractors = long_distractors if d.TRAIN_LONG_DISTRACTORS < 0 else d.TRAIN_LONG_DISTRACTORS
     return PathfinderConfig(
         size=d.SIZE, length=length, paddle_length=d.PADDLE_LENGTH, paddle_width=d.PADDLE_WIDTH, gap=d.GAP,
-        continuity=d.CONTINUITY, distractors=d.DISTRACTORS,
-        distractor_length=d.DISTRACTOR_LENGTH or max(1, length // 3), long_distractors=d.LONG_DISTRACTORS,
+        continuity=d.CONTINUITY, distractors=distractors,
+        distractor_length=d.DISTRACTOR_LENGTH or max(1, length // 3), long_distractors=long_distractors,
         marker_radius=d.MARKER_RADIUS, clearance=d.CLEARANCE, margin=d.MARGIN)
 
 
@@ -48,7 +53,7 @@ def split_seed(cfg, split: str, length: int) -> int:
 def dataset_folder(cfg, split: str, length: int) -> str:
     """The set for one split and length, generated on first use (seeded: the same everywhere)."""
     d = cfg.PATHFINDER.DATA
-    gen = generator_config(cfg, length)
+    gen = generator_config(cfg, length, split)
     count = d.TRAIN_PER_LENGTH if split == "train" else d.TEST_PER_LENGTH
     seed = split_seed(cfg, split, length)
     key = hashlib.sha1(json.dumps([gen.to_dict(), count, seed], sort_keys=True).encode()).hexdigest()[:10]

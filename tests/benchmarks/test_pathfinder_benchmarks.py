@@ -17,7 +17,7 @@ from ..pathfinder.test_training import TINY
 
 TINY_EXPERIMENT = [str(v) for v in TINY] + [
     "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "0", "PATHFINDER.MODEL.STRIDE", "1",
-    "PATHFINDER.MODEL.CNN_LAYERS", "2", "PATHFINDER.EVAL.SWEEP_MAX_STEPS", "6"]
+    "PATHFINDER.MODEL.CNN_LAYERS", "2", "PATHFINDER.EVAL.SWEEP_MAX_STEPS", "6", "SOLVER.CHECKPOINT_PERIOD", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,35 @@ def test_selection_diagnostic_measures_and_rebuilds_its_report(experiment_result
     assert all(0 <= v <= 1 for step in crbp["selection"] for v in step if v == v)  # nan: no such part
     assert all(-1 <= v <= 1 for step in crbp["influence"] for v in step if v == v)
     assert "hGRU C-RBP" in measured and "CNN, parameter-matched" in measured
+
+
+def test_selection_over_training_measures_every_checkpoint(experiment_results):
+    """--checkpoints measures each periodic checkpoint the run left in the scratch folder; the last
+    one holds the final weights, so its numbers are the final measurement's at the horizon."""
+    from benchmarks.pathfinder import selection
+
+    results = experiment_results / "results"
+    os.environ["CRBP_PATHFINDER_DIR"] = str(experiment_results / "data")
+    try:
+        with pytest.raises(SystemExit, match="no checkpoints of crbp seed 0"):
+            selection.main(["--models", "crbp", "--length", "4", "--count", "8", "--results", str(results),
+                            "--checkpoints", str(experiment_results / "elsewhere")])
+        selection.main(["--models", "crbp", "--length", "4", "--count", "8", "--results", str(results),
+                        "--checkpoints", str(experiment_results / "scratch")])
+        measured = (results / "pathfinder_selection.md").read_text()
+        selection.main(["--models", "crbp", "--length", "4", "--report-only", "--results", str(results)])
+    finally:
+        os.environ.pop("CRBP_PATHFINDER_DIR")
+    assert (results / "pathfinder_selection.md").read_text() == measured
+    folder = results / "pathfinder" / "experiment" / "crbp"
+    final = json.loads((folder / "selection_L4_seed0.json").read_text())
+    training = json.loads((folder / "selection_L4_seed0_training.json").read_text())
+    assert training["iterations"] == [3, 6] and training["horizon"] == final["horizon"] == 3
+    assert training["selection"][-1] == final["selection"][-1]
+    assert training["influence"][-1] == final["influence"][-1]
+    assert training["selection"][0] != training["selection"][-1]  # the first checkpoint is another model
+    rows = [line.split("|") for line in measured.split("Over training, at the horizon")[1].splitlines()]
+    assert [r[2].strip() for r in rows if len(r) > 2 and r[1].startswith(" hGRU C-RBP")] == ["3", "6"]
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,16 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase
 
+from crbp_detectron.data.pathfinder import PathfinderDataset
+from crbp_detectron.data.pathfinder.generator import generate_sample
 from crbp_detectron.pathfinder.config import load_pathfinder_config
+from crbp_detectron.pathfinder.data import dataset_folder, generator_config, split_seed
 from crbp_detectron.pathfinder.engine import PathfinderTrainer, final_report, prepare_datasets, training_memory
 from crbp_detectron.pathfinder.evaluation import PixelCounts
 from crbp_detectron.pathfinder.model import PathfinderModel, pixel_loss
@@ -174,6 +178,30 @@ def test_bad_pathfinder_config_values_name_the_key():
         load_pathfinder_config(CONFIG, ["PATHFINDER.MODEL.BODY", "transformer"])
     with pytest.raises(ValueError, match="PATHFINDER.EVAL.SWEEP_LENGTHS"):
         load_pathfinder_config(CONFIG, ["PATHFINDER.EVAL.SWEEP_LENGTHS", [9]])
+    with pytest.raises(ValueError, match="PATHFINDER.DATA.TRAIN_LONG_DISTRACTORS"):
+        load_pathfinder_config(CONFIG, ["PATHFINDER.DATA.TRAIN_DISTRACTORS", 1, "PATHFINDER.DATA.TRAIN_LONG_DISTRACTORS", 2])
+    with pytest.raises(ValueError, match="PATHFINDER.DATA.TRAIN_DISTRACTORS"):
+        load_pathfinder_config(CONFIG, ["PATHFINDER.DATA.TRAIN_DISTRACTORS", -2])
+
+
+def test_training_set_can_have_its_own_distractors_and_the_test_sets_stay_the_same(data_root, tmp_path):
+    """TRAIN_DISTRACTORS / TRAIN_LONG_DISTRACTORS change the training images only: every training
+    path is then as long as the target, and the test sets are the very folders of the default."""
+
+    usual = tiny_cfg(data_root, tmp_path / "usual")
+    long_only = tiny_cfg(data_root, tmp_path / "long", "PATHFINDER.DATA.TRAIN_DISTRACTORS", 2,
+                         "PATHFINDER.DATA.TRAIN_LONG_DISTRACTORS", 2)
+    gen = generator_config(long_only, 3, "train")
+    assert (gen.distractors, gen.long_distractors) == (2, 2)
+    assert generator_config(long_only, 3, "test") == generator_config(usual, 3, "test")
+    assert dataset_folder(long_only, "test", 4) == dataset_folder(usual, "test", 4)
+    folder = dataset_folder(long_only, "train", 3)
+    assert folder != dataset_folder(usual, "train", 3)
+    for i in range(4):
+        sample = generate_sample(gen, split_seed(long_only, "train", 3), i, return_parts=True)
+        assert np.array_equal(sample["image"], PathfinderDataset(folder).images[i])
+        paddles = [sum(1 for _, _, _, path, i in sample["strokes"].items() if path == p and i >= 0) for p in range(3)]
+        assert paddles[0] == paddles[1] == paddles[2]  # no short distractor: every path has the target's paddles
 
 
 def test_model_protocol():
