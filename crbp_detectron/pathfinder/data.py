@@ -33,6 +33,8 @@ def data_root(cfg) -> str:
 
 def generator_config(cfg, length: int, split: str = "test") -> PathfinderConfig:
     """The generator settings of one split ("train" or "test") and length."""
+    if split not in _SPLIT_SEED_OFFSET:
+        raise ValueError(f"split must be one of {sorted(_SPLIT_SEED_OFFSET)}, got {split!r}")
     d = cfg.PATHFINDER.DATA
     distractors, long_distractors = d.DISTRACTORS, d.LONG_DISTRACTORS
     if split == "train":

@@ -194,6 +194,8 @@ def test_training_set_can_have_its_own_distractors_and_the_test_sets_stay_the_sa
     gen = generator_config(long_only, 3, "train")
     assert (gen.distractors, gen.long_distractors) == (2, 2)
     assert generator_config(long_only, 3, "test") == generator_config(usual, 3, "test")
+    with pytest.raises(ValueError, match="split must be one of"):
+        generator_config(long_only, 3, "val")
     assert dataset_folder(long_only, "test", 4) == dataset_folder(usual, "test", 4)
     folder = dataset_folder(long_only, "train", 3)
     assert folder != dataset_folder(usual, "train", 3)
