@@ -134,11 +134,16 @@ def results_path(results_dir: str, name: str, length: int, seed: int) -> str:
     return os.path.join(experiment_dir(results_dir, EXPERIMENT), name, f"selection_L{length}_seed{seed}.json")
 
 
-def measure_run(name: str, result: Dict, weights: str, length: int, count: int, data_root: str = "") -> Dict:
-    """The measurements of one trained run (its results file and weights)."""
+def prepare_run(result: Dict, weights: str, length: int, count: int, data_root: str = ""):
+    """(the trained run's model with its weights, the first `count` test images of `length`
+    paddles, their contour parts): what measure_run and measure_training measure on."""
     model, cfg = trained_model(result, weights, data_root)
     images, _ = test_tensors(cfg, test_name(length), count)
-    contours = contour_parts(cfg, length, len(images), images)
+    return model, images, contour_parts(cfg, length, len(images), images)
+
+
+def measure_run(name: str, result: Dict, model, images: torch.Tensor, contours: Dict, length: int) -> Dict:
+    """The measurements of one trained run (its results file, its prepared model and test images)."""
     horizon = result.get("steps") if name not in FEED_FORWARD else None
     out = measure(model, images, contours, horizon or 1, length)
     return {"model": name, "length": length, "count": len(images), "horizon": horizon, **out}
@@ -151,15 +156,12 @@ def checkpoints_of(scratch: str, name: str, seed: int) -> List[tuple]:
     return sorted(numbered)
 
 
-def measure_training(name: str, result: Dict, weights: str, checkpoints: List[tuple], length: int, count: int,
-                     data_root: str = "") -> Dict:
-    """At the horizon, for each checkpoint of one run: the fraction of each part predicted positive
-    and the marker's influence per paddle position."""
+def measure_training(name: str, result: Dict, model, images: torch.Tensor, contours: Dict, checkpoints: List[tuple],
+                     length: int) -> Dict:
+    """At the horizon, for each checkpoint of one run (loaded into `model` in turn): the fraction of
+    each part predicted positive and the marker's influence per paddle position."""
     if name in FEED_FORWARD:
         raise ValueError(f"{name} has no steps: measure recurrent models over training")
-    model, cfg = trained_model(result, weights, data_root)
-    images, _ = test_tensors(cfg, test_name(length), count)
-    contours = contour_parts(cfg, length, len(images), images)
     horizon = result["steps"]
     out = {"model": name, "length": length, "count": len(images), "horizon": horizon,
            "iterations": [], "selection": [], "influence": []}
@@ -305,18 +307,18 @@ def main(argv=None):
             path = results_path(args.results, name, args.length, seed)
             weights = os.path.join(experiment_dir(args.results, EXPERIMENT), name, f"seed{seed}_model.pth")
             over_training = path[:-len(".json")] + "_training.json"
-            measure_now = not args.report_only and os.path.exists(weights)
-            if measure_now:
-                store(path, measure_run(name, result, weights, args.length, args.count, data_root))
-                print(f"measured {name} seed {seed}", flush=True)
-            if measure_now and args.checkpoints:
-                checkpoints = checkpoints_of(args.checkpoints, name, seed)
-                if not checkpoints:
+            if not args.report_only and os.path.exists(weights):
+                checkpoints = checkpoints_of(args.checkpoints, name, seed) if args.checkpoints else []
+                if args.checkpoints and not checkpoints:
                     raise SystemExit(f"no checkpoints of {name} seed {seed} under {args.checkpoints} "
                                      f"({EXPERIMENT}/{name}/seed{seed}/model_*.pth)")
-                out = measure_training(name, result, weights, checkpoints, args.length, args.count, data_root)
-                store(over_training, out)
-                print(f"measured {name} seed {seed} over training: iterations {out['iterations']}", flush=True)
+                model, images, contours = prepare_run(result, weights, args.length, args.count, data_root)
+                store(path, measure_run(name, result, model, images, contours, args.length))
+                print(f"measured {name} seed {seed}", flush=True)
+                if checkpoints:  # after the final weights: this loads each checkpoint into the model
+                    out = measure_training(name, result, model, images, contours, checkpoints, args.length)
+                    store(over_training, out)
+                    print(f"measured {name} seed {seed} over training: iterations {out['iterations']}", flush=True)
             for stored, into in ((path, measured), (over_training, training)):
                 if os.path.exists(stored):
                     with open(stored) as f:

@@ -99,6 +99,16 @@ def load_pathfinder_config(name: str, opts: Optional[list] = None):
     return cfg
 
 
+def split_distractors(data_cfg, split: str):
+    """(distractors, of them as long as the target) in one split's images (PATHFINDER.DATA): the
+    training set's TRAIN_DISTRACTORS / TRAIN_LONG_DISTRACTORS where set (>= 0)."""
+    distractors, long_distractors = data_cfg.DISTRACTORS, data_cfg.LONG_DISTRACTORS
+    if split == "train":
+        distractors = distractors if data_cfg.TRAIN_DISTRACTORS < 0 else data_cfg.TRAIN_DISTRACTORS
+        long_distractors = long_distractors if data_cfg.TRAIN_LONG_DISTRACTORS < 0 else data_cfg.TRAIN_LONG_DISTRACTORS
+    return distractors, long_distractors
+
+
 def validate_pathfinder_config(cfg):
     """ValueError naming the key, the value and what is allowed."""
     validate_crbp_config(cfg)
@@ -117,8 +127,7 @@ def validate_pathfinder_config(cfg):
         _fail(pd + "LONG_DISTRACTORS", d.LONG_DISTRACTORS, f"must be <= DISTRACTORS ({d.DISTRACTORS})")
     for key in ("TRAIN_DISTRACTORS", "TRAIN_LONG_DISTRACTORS"):
         _check_number(d, key, pd, low=-1, integer=True)
-    train_distractors = d.DISTRACTORS if d.TRAIN_DISTRACTORS < 0 else d.TRAIN_DISTRACTORS
-    train_long = d.LONG_DISTRACTORS if d.TRAIN_LONG_DISTRACTORS < 0 else d.TRAIN_LONG_DISTRACTORS
+    train_distractors, train_long = split_distractors(d, "train")
     if train_long > train_distractors:
         _fail(pd + "TRAIN_LONG_DISTRACTORS", d.TRAIN_LONG_DISTRACTORS,
               f"the training set's long distractors ({train_long}) must be <= its distractors ({train_distractors}; "

@@ -19,6 +19,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..data.pathfinder import PathfinderConfig, PathfinderDataset, ensure_dataset
+from .config import split_distractors
 
 TRAIN, VAL = "pathfinder_train", "pathfinder_val"
 # Each split and length has its own data seed, derived from PATHFINDER.DATA.SEED.
@@ -36,10 +37,7 @@ def generator_config(cfg, length: int, split: str = "test") -> PathfinderConfig:
     if split not in _SPLIT_SEED_OFFSET:
         raise ValueError(f"split must be one of {sorted(_SPLIT_SEED_OFFSET)}, got {split!r}")
     d = cfg.PATHFINDER.DATA
-    distractors, long_distractors = d.DISTRACTORS, d.LONG_DISTRACTORS
-    if split == "train":
-        distractors = distractors if d.TRAIN_DISTRACTORS < 0 else d.TRAIN_DISTRACTORS
-        long_distractors = long_distractors if d.TRAIN_LONG_DISTRACTORS < 0 else d.TRAIN_LONG_DISTRACTORS
+    distractors, long_distractors = split_distractors(d, split)
     return PathfinderConfig(
         size=d.SIZE, length=length, paddle_length=d.PADDLE_LENGTH, paddle_width=d.PADDLE_WIDTH, gap=d.GAP,
         continuity=d.CONTINUITY, distractors=distractors,
