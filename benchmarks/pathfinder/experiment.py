@@ -47,6 +47,15 @@ MODELS = {
     "crbp_long_distractors_steps64": ("hGRU C-RBP, 64 steps, trained on long distractors only",
                                       "pathfinder/crbp_long_distractors_steps64.yaml"),
     "bptt_long_distractors": ("hGRU BPTT-1, trained on long distractors only", "pathfinder/bptt_long_distractors.yaml"),
+    # another cycle of 1000 iterations from a model's final weights, seed by seed (CONTINUES)
+    "crbp_continued_steps64": ("hGRU C-RBP, 64 steps, 2000 iterations (1000 more)",
+                               "pathfinder/crbp_continued_steps64.yaml"),
+    "bptt_continued": ("hGRU BPTT, same memory, 2000 iterations (1000 more)", "pathfinder/bptt_continued.yaml"),
+    "cnn_continued": ("CNN, parameter-matched, 2000 iterations (1000 more)", "pathfinder/cnn_continued.yaml"),
+    "crbp_continued_twice_steps64": ("hGRU C-RBP, 64 steps, 3000 iterations (2000 more)",
+                                     "pathfinder/crbp_continued_twice_steps64.yaml"),
+    "bptt_continued_twice": ("hGRU BPTT, same memory, 3000 iterations (2000 more)",
+                             "pathfinder/bptt_continued_twice.yaml"),
     # the models at 10 channels, the experiment's width before 16, and the recipes tried there
     "crbp_channels10": ("hGRU C-RBP, 10 ch", "pathfinder/crbp_channels10.yaml"),
     "bptt_channels10": ("hGRU BPTT-1, 10 ch", "pathfinder/bptt_channels10.yaml"),
@@ -62,9 +71,13 @@ MODELS = {
     "crbp_delayed_channels10": ("hGRU C-RBP, penalty from iteration 400, 10 ch",
                                 "pathfinder/crbp_delayed_channels10.yaml"),
 }
+# model: the model whose final weights (same seed) it starts from
+CONTINUES = {"crbp_continued_steps64": "crbp_steps64", "bptt_continued": "bptt", "cnn_continued": "cnn",
+             "crbp_continued_twice_steps64": "crbp_continued_steps64", "bptt_continued_twice": "bptt_continued"}
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
-FEED_FORWARD = ("cnn", "cnn_channels10")  # no recurrence: no steps, no evolution, no equilibrium
-PICTURED = DEFAULT_MODELS + ("crbp_steps64",)  # the pictures' models (every model is in the tables)
+FEED_FORWARD = ("cnn", "cnn_channels10", "cnn_continued")  # no recurrence: no steps, no evolution, no equilibrium
+# the pictures' models (every model is in the tables)
+PICTURED = DEFAULT_MODELS + ("crbp_steps64", "crbp_continued_steps64")
 MAX_BPTT_STEPS = 12
 
 
@@ -121,13 +134,33 @@ def runs_for(models, seeds, memory, setting: Setting) -> list:
     runs = []
     for name in models:
         opts = []
-        if name in ("bptt", "cbptt"):
+        if first_run(name) in ("bptt", "cbptt"):
             opts = ["MODEL.CRBP.STEPS", memory["bptt_steps_same_memory"]]
         elif name == "bptt_full":
             opts = ["MODEL.CRBP.STEPS", memory["crbp_steps"]]
-        runs += [Run(EXPERIMENT, name, seed, MODELS[name][1], setting.run_opts(opts), setting.results_dir)
-                 for seed in seeds]
+        for seed in seeds:
+            seed_opts = opts + (["MODEL.WEIGHTS", start_weights(name, seed, setting)] if name in CONTINUES else [])
+            runs.append(Run(EXPERIMENT, name, seed, MODELS[name][1], setting.run_opts(seed_opts), setting.results_dir))
     return runs
+
+
+def first_run(name: str) -> str:
+    """The model whose training a model continues, through every CONTINUES link (itself if none)."""
+    while name in CONTINUES:
+        name = CONTINUES[name]
+    return name
+
+
+def start_weights(name: str, seed: int, setting: Setting) -> str:
+    """The final weights of the model `name` continues, same seed; relative to the repository when
+    inside it (the runs work there), so that the recorded config does not depend on the clone."""
+    source = CONTINUES[name]
+    path = Run(EXPERIMENT, source, seed, MODELS[source][1], results_dir=setting.results_dir).weights_path()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{name} seed {seed} starts from {source}'s weights of that seed, {path}, "
+                                f"which are missing: run --models {source} --seeds {seed} first")
+    inside = os.path.commonpath([os.path.abspath(path), REPO]) == REPO
+    return os.path.relpath(path, REPO) if inside else os.path.abspath(path)
 
 
 # ------------------------------------------------------------------------------ pictures
@@ -173,7 +206,8 @@ def plot_evolution(groups, path, length, max_steps, setting: Setting):
     target = masks.bool()
     iou = ((pred & target).flatten(1).sum(1) / (pred | target).flatten(1).sum(1).clamp_min(1)).numpy()
     i = int(np.argsort(iou)[len(iou) // 2])
-    cols = sorted({1, 2, 4, 8, 12, 16, max_steps} | set(horizons.values()) | {2 * h for h in horizons.values()})
+    cols = sorted({1, 2, 4, 8, 12, 16, 24, 32, 48, max_steps} | set(horizons.values())
+                  | {2 * h for h in horizons.values()})
     cols = [c for c in cols if c <= max_steps]
     from crbp_detectron.plotting import headless_pyplot
 

@@ -39,8 +39,8 @@ from crbp_detectron.pathfinder.data import generator_config, split_seed, test_na
 from crbp_detectron.plotting import saved_panels
 from crbp_detectron.tables import markdown_table
 
-from .equilibrium import trained_model
-from .experiment import EXPERIMENT, FEED_FORWARD, MODELS
+from .equilibrium import run_config, trained_model
+from .experiment import CONTINUES, EXPERIMENT, FEED_FORWARD, MODELS, first_run
 from .report import mean_std, model_color
 from .runs import RESULTS_DIR, experiment_dir, load_experiment
 
@@ -149,11 +149,23 @@ def measure_run(name: str, result: Dict, model, images: torch.Tensor, contours: 
     return {"model": name, "length": length, "count": len(images), "horizon": horizon, **out}
 
 
-def checkpoints_of(scratch: str, name: str, seed: int) -> List[tuple]:
-    """[(iterations done, path)] of the periodic checkpoints of one run in the experiment's scratch."""
+def checkpoints_of(scratch: str, name: str, seed: int, before: int = 0) -> List[tuple]:
+    """[(iterations done, path)] of the periodic checkpoints of one run in the experiment's scratch;
+    `before`: the iterations its starting weights already had (iterations_before)."""
     found = glob.glob(os.path.join(scratch, EXPERIMENT, name, f"seed{seed}", "model_*.pth"))
-    numbered = [(int(m.group(1)) + 1, f) for f in found if (m := re.search(r"model_(\d+)\.pth$", f))]
+    numbered = [(before + int(m.group(1)) + 1, f) for f in found if (m := re.search(r"model_(\d+)\.pth$", f))]
     return sorted(numbered)
+
+
+def iterations_before(name: str, seed: int, found: Dict[str, Dict]) -> int:
+    """Training iterations the run's starting weights already had: those of the runs it continues
+    (experiment.CONTINUES), so that a continued run's checkpoints count from the first run's start."""
+    if name not in CONTINUES:
+        return 0
+    source = CONTINUES[name]
+    if seed not in found.get(source, {}):
+        raise SystemExit(f"{name} seed {seed} continues {source} seed {seed}, whose results are missing")
+    return run_config(found[source][seed]).SOLVER.MAX_ITER + iterations_before(source, seed, found)
 
 
 def measure_training(name: str, result: Dict, model, images: torch.Tensor, contours: Dict, checkpoints: List[tuple],
@@ -213,6 +225,41 @@ def training_rows(training: Dict[str, List[Dict]]) -> List[list]:
     return rows
 
 
+def lineages(names) -> Dict[str, List[str]]:
+    """{first run: [it, the runs that continue it, ...]} of the given models (experiment.CONTINUES)."""
+    out: Dict[str, List[str]] = {}
+    for name in names:
+        out.setdefault(first_run(name), []).append(name)
+    return out
+
+
+TRAINING_POSITIONS = (1, 2, 4, 7, 10, 13)  # paddle positions from the marker drawn over training
+
+
+def plot_training(training: Dict[str, List[Dict]], png: str, length: int, count: int):
+    """Per model (with the runs that continue it on the same axes): the marker's influence at the
+    horizon at a few paddle positions against the iterations trained, mean over seeds."""
+    groups = lineages(training)
+    title = f"marker influence over training, {count} test contours of {length} paddles, mean over seeds"
+    with saved_panels(png, title, [("iterations trained", "marker influence at the horizon")] * len(groups)) as axes:
+        for ax, (root, names) in zip(axes, groups.items()):
+            points = {}  # iterations: influence per position, mean over seeds
+            for name in names:
+                runs = training[name]
+                for it in sorted(set.intersection(*(set(r["iterations"]) for r in runs))):
+                    points[it] = over_seeds(runs, lambda r: r["influence"][r["iterations"].index(it)]).mean(0)
+            iterations = sorted(points)
+            for name in names:  # a continued run restarts its schedule after the last point before it
+                earlier = [it for it in iterations if it < min(training[name][0]["iterations"])]
+                if name != root and earlier:
+                    ax.axvline(earlier[-1], color="k", ls=":", lw=0.8)
+            for i, position in enumerate(p for p in TRAINING_POSITIONS if p <= length):
+                ax.plot(iterations, [points[it][position - 1] for it in iterations], "o-", ms=3,
+                        color=model_color(i, len(TRAINING_POSITIONS)), label=f"paddle {position}")
+            ax.axhline(0, color="k", lw=0.6)
+            ax.set_title(" + ".join(MODELS[n][0] for n in names), fontsize=7)
+
+
 def write_report(measured: Dict[str, List[Dict]], results_dir: str, training: Dict[str, List[Dict]] = None):
     """measured: {model: [measurement per seed]}; training: {model: [over-training measurement per seed]}."""
     first = next(iter(measured.values()))[0]
@@ -259,13 +306,15 @@ def write_report(measured: Dict[str, List[Dict]], results_dir: str, training: Di
                                    "middle, erased", "far, erased"], erased_rows)
     training_section = ""
     if training:
+        plot_training(training, os.path.join(results_dir, "pathfinder_selection_training.png"), length, count)
         training_table = markdown_table(["model", "iterations", "influence, near third", "middle third", "far third",
                                          "far third predicted positive", "long distractors predicted positive"],
                                         training_rows(training))
         training_section = (
             f"## Over training, at the horizon\n\nThe runs' periodic checkpoints (measured with `--checkpoints "
-            f"SCRATCH`, the experiment's scratch folder): does the marker reach further as training goes on?"
-            f"\n\n{training_table}\n\n")
+            f"SCRATCH`, the experiment's scratch folder): does the marker reach further as training goes on? "
+            f"A run that continues another counts its iterations from the first run's start."
+            f"\n\n{training_table}\n\n![over training](pathfinder_selection_training.png)\n\n")
     md = os.path.join(results_dir, "pathfinder_selection.md")
     with open(md, "w") as f:
         f.write(f"# Pathfinder: which paths do the models select, and how far does the marker reach?\n\n"
@@ -308,7 +357,8 @@ def main(argv=None):
             weights = os.path.join(experiment_dir(args.results, EXPERIMENT), name, f"seed{seed}_model.pth")
             over_training = path[:-len(".json")] + "_training.json"
             if not args.report_only and os.path.exists(weights):
-                checkpoints = checkpoints_of(args.checkpoints, name, seed) if args.checkpoints else []
+                before = iterations_before(name, seed, found) if args.checkpoints else 0
+                checkpoints = checkpoints_of(args.checkpoints, name, seed, before) if args.checkpoints else []
                 if args.checkpoints and not checkpoints:
                     raise SystemExit(f"no checkpoints of {name} seed {seed} under {args.checkpoints} "
                                      f"({EXPERIMENT}/{name}/seed{seed}/model_*.pth)")

@@ -151,6 +151,40 @@ def test_selection_over_training_measures_every_checkpoint(experiment_results):
     assert training["selection"][0] != training["selection"][-1]  # the first checkpoint is another model
     rows = [line.split("|") for line in measured.split("Over training, at the horizon")[1].splitlines()]
     assert [r[2].strip() for r in rows if len(r) > 2 and r[1].startswith(" hGRU C-RBP")] == ["3", "6"]
+    assert (results / "pathfinder_selection_training.png").stat().st_size > 0
+
+
+def test_a_continued_run_starts_from_its_source_and_counts_its_iterations(experiment_results, tmp_path, monkeypatch):
+    """A model that CONTINUES another starts each seed from that model's final weights of the same
+    seed (at learning rate 0 its weights stay exactly those), records them as MODEL.WEIGHTS, and
+    the selection diagnostic counts its checkpoints from the first run's start. Without the
+    source's weights it is refused before anything trains, naming them."""
+    import shutil
+
+    from benchmarks.pathfinder import experiment, selection
+
+    monkeypatch.setitem(experiment.CONTINUES, "crbp_continued_steps64", "crbp")
+    results, scratch = tmp_path / "results", tmp_path / "scratch"
+    shutil.copytree(experiment_results / "results", results)
+    setting = experiment.Setting(str(results))
+    with pytest.raises(FileNotFoundError, match="crbp's weights of that seed.*--seeds 1"):
+        experiment.runs_for(["crbp_continued_steps64"], [1], {}, setting)
+    monkeypatch.setenv("CRBP_PATHFINDER_DIR", str(experiment_results / "data"))
+    experiment.main(["--models", "crbp_continued_steps64", "--seeds", "0", "--workers", "1", "--scratch", str(scratch),
+                     "--results", str(results), "--opts", *TINY_EXPERIMENT, "SOLVER.BASE_LR", "0.0"])
+    folder = results / "pathfinder" / "experiment"
+    source = torch.load(folder / "crbp" / "seed0_model.pth", weights_only=True)
+    continued = torch.load(folder / "crbp_continued_steps64" / "seed0_model.pth", weights_only=True)
+    model = experiment.PathfinderTrainer.build_model(setting.cfg("crbp_continued_steps64", TINY_EXPERIMENT))
+    parameters = [name for name, _ in model.named_parameters()]
+    assert parameters and all(torch.equal(source[name], continued[name]) for name in parameters)
+    run = json.loads((folder / "crbp_continued_steps64" / "seed0.json").read_text())
+    assert yaml.safe_load(run["config"])["MODEL"]["WEIGHTS"] == str(folder / "crbp" / "seed0_model.pth")
+
+    selection.main(["--models", "crbp_continued_steps64", "--length", "4", "--count", "8", "--results", str(results),
+                    "--checkpoints", str(scratch)])
+    training = json.loads((folder / "crbp_continued_steps64" / "selection_L4_seed0_training.json").read_text())
+    assert training["iterations"] == [9, 12]  # the source's 6, then checkpoints at 3 and 6
 
 
 @pytest.fixture(scope="module")
