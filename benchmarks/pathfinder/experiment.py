@@ -77,7 +77,7 @@ CONTINUES = {"crbp_continued_steps64": "crbp_steps64", "bptt_continued": "bptt",
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
 FEED_FORWARD = ("cnn", "cnn_channels10", "cnn_continued")  # no recurrence: no steps, no evolution, no equilibrium
 # the pictures' models (every model is in the tables)
-PICTURED = DEFAULT_MODELS + ("crbp_steps64", "crbp_continued_steps64")
+PICTURED = DEFAULT_MODELS + ("crbp_steps64", "crbp_continued_steps64", "crbp_continued_twice_steps64")
 MAX_BPTT_STEPS = 12
 
 

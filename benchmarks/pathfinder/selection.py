@@ -257,7 +257,8 @@ def plot_training(training: Dict[str, List[Dict]], png: str, length: int, count:
                 ax.plot(iterations, [points[it][position - 1] for it in iterations], "o-", ms=3,
                         color=model_color(i, len(TRAINING_POSITIONS)), label=f"paddle {position}")
             ax.axhline(0, color="k", lw=0.6)
-            ax.set_title(" + ".join(MODELS[n][0] for n in names), fontsize=7)
+            cycles = f", then {len(names) - 1} more cycle(s) (dotted: restarts)" if len(names) > 1 else ""
+            ax.set_title(MODELS[root][0] + cycles, fontsize=7)
 
 
 def write_report(measured: Dict[str, List[Dict]], results_dir: str, training: Dict[str, List[Dict]] = None):
