@@ -39,7 +39,7 @@ from crbp_detectron.pathfinder.data import generator_config, split_seed, test_na
 from crbp_detectron.plotting import saved_panels
 from crbp_detectron.tables import markdown_table
 
-from .equilibrium import run_config, trained_model
+from .equilibrium import trained_model
 from .experiment import CONTINUES, EXPERIMENT, FEED_FORWARD, MODELS, first_run
 from .report import mean_std, model_color
 from .runs import RESULTS_DIR, experiment_dir, load_experiment
@@ -165,7 +165,7 @@ def iterations_before(name: str, seed: int, found: Dict[str, Dict]) -> int:
     source = CONTINUES[name]
     if seed not in found.get(source, {}):
         raise SystemExit(f"{name} seed {seed} continues {source} seed {seed}, whose results are missing")
-    return run_config(found[source][seed]).SOLVER.MAX_ITER + iterations_before(source, seed, found)
+    return found[source][seed]["train"]["iterations"] + iterations_before(source, seed, found)
 
 
 def measure_training(name: str, result: Dict, model, images: torch.Tensor, contours: Dict, checkpoints: List[tuple],
@@ -210,15 +210,20 @@ def cells(values: np.ndarray, signed: bool = False) -> List[str]:
     return out
 
 
+def checkpoints_measured(runs: List[Dict]):
+    """(iterations, at) for each checkpoint every seed's over-training measurement has, in order;
+    at(run, key) is that run's value of `key` ("influence", "selection") at the checkpoint."""
+    for it in sorted(set.intersection(*(set(r["iterations"]) for r in runs))):
+        yield it, lambda r, key, it=it: r[key][r["iterations"].index(it)]
+
+
 def training_rows(training: Dict[str, List[Dict]]) -> List[list]:
     """Rows of the over-training table: per model and checkpoint (those every seed has), the
     influence per third and the far third and long distractors predicted positive at the horizon."""
     rows = []
     for name, runs in training.items():
-        common = sorted(set.intersection(*(set(r["iterations"]) for r in runs)))
         label = f"{MODELS[name][0]} ({len(runs)} seeds)"
-        for it in common:
-            at = lambda r, key: r[key][r["iterations"].index(it)]  # noqa: E731
+        for it, at in checkpoints_measured(runs):
             influence = over_seeds(runs, lambda r: thirds(at(r, "influence")))
             picked = over_seeds(runs, lambda r: [at(r, "selection")[2], at(r, "selection")[3]])
             rows.append([label, it] + cells(influence, True) + cells(picked))
@@ -245,9 +250,8 @@ def plot_training(training: Dict[str, List[Dict]], png: str, length: int, count:
         for ax, (root, names) in zip(axes, groups.items()):
             points = {}  # iterations: influence per position, mean over seeds
             for name in names:
-                runs = training[name]
-                for it in sorted(set.intersection(*(set(r["iterations"]) for r in runs))):
-                    points[it] = over_seeds(runs, lambda r: r["influence"][r["iterations"].index(it)]).mean(0)
+                for it, at in checkpoints_measured(training[name]):
+                    points[it] = over_seeds(training[name], lambda r: at(r, "influence")).mean(0)
             iterations = sorted(points)
             for name in names:  # a continued run restarts its schedule after the last point before it
                 earlier = [it for it in iterations if it < min(training[name][0]["iterations"])]
@@ -358,11 +362,12 @@ def main(argv=None):
             weights = os.path.join(experiment_dir(args.results, EXPERIMENT), name, f"seed{seed}_model.pth")
             over_training = path[:-len(".json")] + "_training.json"
             if not args.report_only and os.path.exists(weights):
-                before = iterations_before(name, seed, found) if args.checkpoints else 0
-                checkpoints = checkpoints_of(args.checkpoints, name, seed, before) if args.checkpoints else []
-                if args.checkpoints and not checkpoints:
-                    raise SystemExit(f"no checkpoints of {name} seed {seed} under {args.checkpoints} "
-                                     f"({EXPERIMENT}/{name}/seed{seed}/model_*.pth)")
+                checkpoints = []
+                if args.checkpoints:
+                    checkpoints = checkpoints_of(args.checkpoints, name, seed, iterations_before(name, seed, found))
+                    if not checkpoints:
+                        raise SystemExit(f"no checkpoints of {name} seed {seed} under {args.checkpoints} "
+                                         f"({EXPERIMENT}/{name}/seed{seed}/model_*.pth)")
                 model, images, contours = prepare_run(result, weights, args.length, args.count, data_root)
                 store(path, measure_run(name, result, model, images, contours, args.length))
                 print(f"measured {name} seed {seed}", flush=True)
