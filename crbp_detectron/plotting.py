@@ -15,9 +15,10 @@ def headless_pyplot():
 
 @contextmanager
 def saved_panels(path: str, title: str, labels: Sequence[Tuple[str, str]],
-                 figsize: Optional[Tuple[float, float]] = None, dpi: int = 120):
+                 figsize: Optional[Tuple[float, float]] = None, dpi: int = 120, legend_below: bool = False):
     """Yields one Axes per (xlabel, ylabel), side by side; on exit labels them, adds grid and
-    legend, and writes the figure to `path`."""
+    legend (`legend_below`: one legend under the panels, from the first panel's labels, where many
+    curves leave no free corner inside), and writes the figure to `path`."""
     plt = headless_pyplot()
     fig, axes = plt.subplots(1, len(labels), figsize=figsize or (5.2 * len(labels), 4.2), squeeze=False)
     try:
@@ -26,13 +27,18 @@ def saved_panels(path: str, title: str, labels: Sequence[Tuple[str, str]],
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
+            if ax.get_legend_handles_labels()[0] and not legend_below:
                 ax.legend(fontsize=7)
         if len(labels) == 1:
             axes[0][0].set_title(title)
         else:
             fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
+        handles, names = axes[0][0].get_legend_handles_labels()
+        if legend_below and handles:
+            fig.legend(handles, names, loc="lower center", ncol=min(len(names), 3), fontsize=7)
+            fig.tight_layout(rect=(0, 0.06 * ((len(names) + 2) // 3), 1, 1))
+        else:
+            fig.tight_layout()
         fig.savefig(path, dpi=dpi)
     finally:
         plt.close(fig)

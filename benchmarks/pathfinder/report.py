@@ -78,7 +78,7 @@ def plot_iou_against_steps(path: str, title: str, groups: Dict[str, Seeds], leng
     """One panel per length: mean IoU over seeds (band: ± std) against test-time steps; a dashed
     vertical line at each model's training horizon; feed-forward models as horizontal lines."""
     with saved_panels(path, title, [("test-time steps", f"IoU, contours of {L} paddles") for L in lengths],
-                      figsize=(4.4 * len(lengths), 3.8)) as axes:
+                      figsize=(4.4 * len(lengths), 3.8 + 0.15 * len(groups)), legend_below=True) as axes:
         for ax, length in zip(axes, lengths):
             for i, (name, runs) in enumerate(groups.items()):
                 color = model_color(i, len(groups))
