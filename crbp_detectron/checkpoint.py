@@ -3,7 +3,9 @@ load errors that say what is wrong with the file.
 
 A checkpoint is written to a temporary name in the same folder, flushed to disk (fsync), then renamed
 over the final name; `last_checkpoint` is rewritten the same way, only after that. A kill at any
-moment leaves the previous files whole (at worst an orphaned temporary file, removed on resume).
+moment leaves the previous files whole (at worst an orphaned temporary file, which the next run in
+the folder removes). A folder without `last_checkpoint` (a kill between the first checkpoint's
+rename and that write) resumes from its newest readable `model_*.pth`.
 """
 import glob
 import logging
@@ -51,6 +53,45 @@ def atomic_write(path: str, write: Callable, mode: str = "wb"):
         os.close(fd)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> List[str]:
+    """Removes the temporary files of `atomic_write` in `folder` whose writing process is gone (a
+    write that was killed), logging each; a live process's write in progress is left alone.
+    Returns the removed paths."""
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(folder), f"*{TEMPORARY_SUFFIX}-*"))):
+        pid = path.rsplit(f"{TEMPORARY_SUFFIX}-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            continue
+        try:
+            size = os.path.getsize(path)
+            os.remove(path)
+        except FileNotFoundError:  # another rank or run removed it first
+            continue
+        logger.warning("Removed %s (%.1f MB): a checkpoint write by process %s that was killed before it finished",
+                       path, size / 2**20, pid)
+        removed.append(path)
+    return removed
+
+
+def describe_not_weights(obj) -> Optional[str]:
+    """Why a loaded object is not a checkpoint or state dict, or None if it is a dict."""
+    if isinstance(obj, dict):
+        return None
+    what = f"a {type(obj).__name__}" + (f" of shape {tuple(obj.shape)}" if isinstance(obj, torch.Tensor) else "")
+    return (f"it holds {what}, not weights: a weights file holds a dict (a state dict of parameter names to "
+            "tensors, or {'model': state dict} as tools/train_net.py writes it)")
+
+
 def describe_unreadable(path: str, error: BaseException) -> str:
     """Why `path` is not a loadable checkpoint, in words, from what the file looks like."""
     size = os.path.getsize(path)
@@ -73,12 +114,31 @@ def describe_unreadable(path: str, error: BaseException) -> str:
         return (f"it is not a PyTorch checkpoint ({size} bytes that are neither a torch.save zip archive nor "
                 "a pickle); expected a .pth written by tools/train_net.py or torch.save, or a Detectron2 "
                 "model-zoo .pkl")
+    try:  # a readable file that holds something else than weights (torch.save(tensor))
+        not_weights = describe_not_weights(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception:  # noqa: BLE001 - unreadable in another way: reported below
+        not_weights = None
+    if not_weights:
+        return not_weights
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _age_key(path: str):
     """Sort key, newest first when reversed: modification time, then name."""
     return os.path.getmtime(path), os.path.basename(path)
+
+
+def check_weights_path(path: str):
+    """A local weights path (MODEL.WEIGHTS, or a checkpoint to resume) must be an existing file."""
+    if not path or "://" in path:
+        return
+    if os.path.isdir(path):
+        inside = sorted(f for f in os.listdir(path) if f.endswith((".pth", ".pkl")))
+        example = f"; e.g. {os.path.join(path, inside[-1])}" if inside else ""
+        raise CheckpointError(f"{path}: a folder, not a weights file (MODEL.WEIGHTS or the checkpoint to resume "
+                              f"must name a .pth / .pkl file{example})")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: weights file not found (MODEL.WEIGHTS or the checkpoint to resume)")
 
 
 class Checkpointer(DetectionCheckpointer):
@@ -120,8 +180,7 @@ class Checkpointer(DetectionCheckpointer):
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename), "w")
 
     def load(self, path: str, checkpointables=None):
-        if path and "://" not in path and not os.path.isfile(path):
-            raise CheckpointError(f"{path}: weights file not found (MODEL.WEIGHTS or the checkpoint to resume)")
+        check_weights_path(path)
         return super().load(path, checkpointables)
 
     def _load_file(self, filename: str):
@@ -130,16 +189,22 @@ class Checkpointer(DetectionCheckpointer):
             self._preloaded = None
             return preloaded[1]
         try:
-            return super()._load_file(filename)
+            loaded = super()._load_file(filename)
         except Exception as e:  # noqa: BLE001 - random bytes raise anything (IndexError, TypeError, ...)
             if not os.path.isfile(filename):
                 raise
             raise CheckpointError(f"{filename}: cannot load it: {describe_unreadable(filename, e)}") from e
+        not_weights = describe_not_weights(loaded.get("model"))
+        if not_weights:  # e.g. torch.save([tensors]): Detectron2 wraps it as {"model": [...]}
+            raise CheckpointError(f"{filename}: cannot load it: {not_weights}")
+        return loaded
 
     def candidates(self) -> List[str]:
-        """The checkpoint `last_checkpoint` names, then every other .pth of the folder, newest first."""
-        named = self.get_checkpoint_file()
-        others = sorted((p for p in glob.glob(os.path.join(self.save_dir, "*.pth")) if p != named),
+        """The checkpoint `last_checkpoint` names, then every other .pth of the folder, newest first;
+        without `last_checkpoint`, the folder's model_*.pth (what training writes), newest first."""
+        named = self.get_checkpoint_file() if self.has_checkpoint() else None
+        pattern = "*.pth" if named else "model_*.pth"
+        others = sorted((p for p in glob.glob(os.path.join(glob.escape(self.save_dir), pattern)) if p != named),
                         key=_age_key, reverse=True)
         return ([named] if named else []) + others
 
@@ -163,18 +228,18 @@ class Checkpointer(DetectionCheckpointer):
         raise CheckpointError(f"{self.save_dir}: no readable checkpoint to resume from (tried: "
                               f"{'; '.join(tried) or 'none found'}). Remove last_checkpoint to start afresh.")
 
-    def remove_orphaned_temporaries(self):
-        for path in glob.glob(os.path.join(self.save_dir, f"*{TEMPORARY_SUFFIX}-*")):
-            logger.warning("Removing %s, left by a checkpoint write that was killed", path)
-            os.remove(path)
-
     def resume_or_load(self, path: str, *, resume: bool = True):
-        if not (resume and self.has_checkpoint()):
+        if resume and self.save_to_disk:
+            remove_stale_temporaries(self.save_dir)
+        if not (resume and self.candidates()):
             return self.load(path, checkpointables=[])
-        if self.save_to_disk:
-            self.remove_orphaned_temporaries()
         chosen = self.newest_readable_checkpoint()
-        choices = comm.all_gather(os.path.basename(chosen))
+        if not self.has_checkpoint():
+            logger.warning("%s has no last_checkpoint (the run was killed before writing it): resuming from %s, the "
+                           "newest readable model_*.pth", self.save_dir, chosen)
+            if self.save_to_disk:  # the trainer continues after it only if last_checkpoint names it
+                self.tag_last_checkpoint(os.path.basename(chosen))
+        choices = comm.all_gather(os.path.basename(chosen))  # also: every rank waits for that write
         if len(set(choices)) > 1:
             raise CheckpointError(f"{self.save_dir}: ranks would resume from different checkpoints {choices}; "
                                   "every rank must see the same output folder")

@@ -26,6 +26,10 @@ CELL_NORMS = ("GN", "BN", "")
 FPN_LEVELS = ("p2", "p3", "p4", "p5")
 # Detectron2's get_norm names (detectron2.layers.get_norm; "" = none).
 DETECTRON2_NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N")
+# Upper bound of MODEL.CRBP.STEPS / TEST_STEPS and BACKWARD.MAX_VJPS: each is one more pass of the
+# cell per training or test iteration (the paper used 20 steps on COCO, up to 300 on Pathfinder);
+# a billion would make iteration 0 never end.
+MAX_STEPS = 10000
 
 
 class ConfigError(ValueError):
@@ -160,7 +164,7 @@ def load_config(name: str, opts: Optional[list] = None) -> CRBPCfgNode:
     (e.g. a Pathfinder config) says which tool reads it."""
     cfg = get_cfg()
     path = resolve_config_file(name)
-    _check_is_detectron2_config(path)
+    check_config_file(path, cfg)
     try:
         cfg.merge_from_file(path)
     except KeyError as e:
@@ -183,19 +187,69 @@ def load_config(name: str, opts: Optional[list] = None) -> CRBPCfgNode:
     return cfg
 
 
-def _check_is_detectron2_config(path: str):
+def check_config_file(path: str, defaults=None, _chain: tuple = ()):
+    """Checks a config file and every file of its `_BASE_` chain before yacs merges them, so that a
+    bad one fails naming itself (or the config that names it): not YAML, empty, not a mapping, a
+    group of keys given a value (`MODEL: 5`), a `_BASE_` that is missing or closes a cycle, or a
+    file that is not a Detectron2 config (e.g. a Pathfinder config). `defaults`: a config whose
+    groups the file's keys are checked against."""
+    chain = _chain + (os.path.abspath(path),)
     with open(path) as f:
         try:
             data = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if data is not None and not isinstance(data, dict):
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty; a config is a YAML mapping of KEY: value "
+                          "(e.g. _BASE_: \"Base-CRBP-Panoptic-FPN.yaml\" and the keys it changes)")
+    if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a YAML mapping of KEY: value, not a {type(data).__name__}")
-    lower = sorted(k for k in (data or {}) if isinstance(k, str) and k != k.upper())
+    lower = sorted(k for k in data if isinstance(k, str) and k != k.upper())
     if lower:
         hint = (_pathfinder_hint(path) if "_base_" in lower or _is_packaged_pathfinder(path) else
                 "Detectron2 configs have upper-case top-level keys (MODEL, SOLVER, DATASETS, ...).")
         raise ConfigError(f"{path} is not a Detectron2 config (top-level keys {lower}). {hint}")
+    if defaults is not None:
+        _check_groups(data, defaults, path)
+    bases = data.get(BASE_KEY, [])
+    for base in bases if isinstance(bases, list) else [bases]:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: {BASE_KEY} = {base!r}: must be a config file name (or a list of them)")
+        base_path = _base_path(path, base)
+        if base_path in chain:
+            cycle = " -> ".join(os.path.basename(p) for p in chain[chain.index(base_path):] + (base_path,))
+            raise ConfigError(f"{path}: {BASE_KEY} {base!r} closes a cycle ({cycle}); a config cannot include itself")
+        if not os.path.isfile(base_path):
+            raise ConfigError(f"{path}: {BASE_KEY} {base!r} not found (looked for {base_path})")
+        check_config_file(base_path, defaults, chain)
+
+
+BASE_KEY = "_BASE_"
+
+
+def _base_path(including: str, base: str) -> str:
+    """Where Detectron2 looks for `_BASE_: base` named in `including` (relative to its folder;
+    "model_zoo:<name>" in Detectron2's model zoo)."""
+    if base.startswith(MODEL_ZOO_PREFIX):
+        try:
+            return model_zoo_config_file(base[len(MODEL_ZOO_PREFIX):])
+        except FileNotFoundError as e:
+            raise ConfigError(f"{including}: {BASE_KEY} {base!r}: {e}") from None
+    base = os.path.expanduser(base)
+    return os.path.abspath(base if os.path.isabs(base) else os.path.join(os.path.dirname(including), base))
+
+
+def _check_groups(data: dict, node, path: str, prefix: str = ""):
+    """A key that is a group of keys in the defaults (MODEL, MODEL.CRBP, ...) must be a mapping."""
+    for key, value in data.items():
+        default = node.get(key) if isinstance(key, str) else None
+        if not isinstance(default, _D2CfgNode):
+            continue
+        if not isinstance(value, dict):
+            full = prefix + key
+            raise ConfigError(f"{path}: {full} = {value!r}: {full} is a group of keys ({full}.{next(iter(default))}, "
+                              "...), so its value must be a YAML mapping of them, not a single value")
+        _check_groups(value, default, path, f"{prefix}{key}.")
 
 
 def _is_packaged_pathfinder(path: str) -> bool:
@@ -255,19 +309,24 @@ def _check_number(node, key, prefix, low=None, high=None, integer=False, low_ope
 
 def validate_crbp_config(cfg):
     """Raises ConfigError naming the key, the value and what is allowed, for any bad MODEL.CRBP or
-    SOLVER.GRADIENT_GUARD key."""
+    SOLVER.GRADIENT_GUARD key (and the Detectron2 keys of `validate_training_config`)."""
     if not hasattr(cfg.MODEL, "CRBP"):
         raise ConfigError("cfg has no MODEL.CRBP: call crbp_detectron.add_crbp_config(cfg) first")
     c, p = cfg.MODEL.CRBP, "MODEL.CRBP."
     _check_choice(c, "MODE", MODES, p)
+    steps_cost = (f"must be <= {MAX_STEPS}: each step is one more pass of the cell in every iteration (the paper "
+                  "used 20 on COCO and up to 300 on Pathfinder)")
     _check_number(c, "STEPS", p, low=1, integer=True)
     _check_number(c, "TEST_STEPS", p, low=0, integer=True)
+    for key in ("STEPS", "TEST_STEPS"):
+        if getattr(c, key) > MAX_STEPS:
+            _fail(p + key, getattr(c, key), steps_cost)
     # Relative distances / residuals: a tolerance of 1 or more would stop at once.
     _check_number(c, "TOL", p, low=0, high=1, high_open=True)
     _check_choice(c, "IMPLICIT_STEP", IMPLICIT_STEPS, p)
     b, pb = c.BACKWARD, p + "BACKWARD."
     _check_choice(b, "SOLVER", tuple(BACKWARD_SOLVERS), pb)
-    _check_number(b, "MAX_VJPS", pb, low=0, integer=True)
+    _check_number(b, "MAX_VJPS", pb, low=0, high=MAX_STEPS, integer=True)
     _check_number(b, "TOL", pb, low=0, high=1, high_open=True)
     _check_number(b, "RESTART", pb, low=1, integer=True)
     _check_number(b, "GROWTH_BOUND", pb, low=1, low_open=True)
@@ -322,4 +381,20 @@ def validate_crbp_config(cfg):
     _check_number(guard, "WINDOW", pg, low=1, integer=True)
     _check_number(guard, "MIN_HISTORY", pg, low=1, high=guard.WINDOW, integer=True)
     _check_number(guard, "MAX_CONSECUTIVE_REFUSALS", pg, low=0, integer=True)
+    validate_training_config(cfg)
+    return cfg
+
+
+def validate_training_config(cfg):
+    """Detectron2's own keys that would otherwise fail late (after the model is built, or inside
+    PyTorch without naming the key): batch, learning rate, schedule, data workers, periods."""
+    s, ps = cfg.SOLVER, "SOLVER."
+    _check_number(s, "IMS_PER_BATCH", ps, low=1, integer=True)
+    for key in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY"):
+        _check_number(s, key, ps, low=0)
+    for key in ("MAX_ITER", "WARMUP_ITERS"):
+        _check_number(s, key, ps, low=0, integer=True)
+    _check_number(s, "CHECKPOINT_PERIOD", ps, low=1, integer=True)
+    _check_number(cfg.DATALOADER, "NUM_WORKERS", "DATALOADER.", low=0, integer=True)
+    _check_number(cfg.TEST, "EVAL_PERIOD", "TEST.", low=0, integer=True)
     return cfg

@@ -14,8 +14,8 @@ from detectron2.utils.events import JSONWriter
 from detectron2.evaluation import (COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators,
                                    SemSegEvaluator)
 
-from .checkpoint import CheckpointedParts, Checkpointer
-from .config import load_config, resolve_config_file
+from .checkpoint import CheckpointedParts, Checkpointer, remove_stale_temporaries
+from .config import ConfigError, load_config, resolve_config_file
 from .data.stream import build_resumable_train_loader
 from .penalty_schedule import PenaltyScheduleHook
 from .preemption import Preempted, PreemptionHook, ignore_termination_in_worker  # noqa: F401  (Preempted: API)
@@ -171,6 +171,8 @@ class Trainer(CheckpointedParts, DefaultTrainer):
     def build_hooks(self):
         # Called by DefaultTrainer.__init__; the periodic checkpointer hook takes our checkpointer.
         self.checkpointer = Checkpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        if comm.is_main_process():  # a run's OUTPUT_DIR: the stale writes of killed runs go (logged)
+            remove_stale_temporaries(self.cfg.OUTPUT_DIR)
         self._state_hook = TrainingStateHook(self.cfg.SEED, self.cfg.SOLVER.CHECKPOINT_PERIOD)
         self._preemption_hook = PreemptionHook(before_checkpoint=self._state_hook.gather)
         # Preemption last: its checkpoint is taken after the LR scheduler has stepped, like the
@@ -241,8 +243,49 @@ def launch_from_args(main_func, args):
 
 def check_device(cfg):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: "
-                           "add `MODEL.DEVICE cpu` to the command line to train on the CPU.")
+        raise ConfigError(f"MODEL.DEVICE = {cfg.MODEL.DEVICE!r}: no CUDA device is available here; add "
+                          "`MODEL.DEVICE cpu` to the command line to run on the CPU")
+
+
+def check_output_dir(folder: str, key: str = "OUTPUT_DIR"):
+    """Creates `folder` if missing; a ConfigError naming `key` if a file is in the way or it cannot
+    be written to."""
+    if not folder:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = folder
+        while os.path.dirname(blocker) != blocker and not os.path.exists(blocker):
+            blocker = os.path.dirname(blocker)
+        raise ConfigError(f"{key} = {folder!r}: {blocker} is a file, not a folder; {key} must be a folder "
+                          "(created if missing)") from None
+    except OSError as e:
+        raise ConfigError(f"{key} = {folder!r}: cannot create the folder ({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} = {folder!r}: the folder is not writable")
+
+
+def check_datasets_registered(cfg):
+    """Every name in DATASETS.TRAIN / DATASETS.TEST is registered (Detectron2 would fail later with
+    a KeyError); a misspelt one gets the closest registered names."""
+    import difflib
+
+    from detectron2.data import DatasetCatalog
+
+    from .data.demo import DEMO_DATASETS
+
+    registered = DatasetCatalog.list()
+    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
+        for name in names:
+            if name in registered:
+                continue
+            known = registered + [d + "_separated" for d in DEMO_DATASETS]
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{key} = {tuple(names)!r}: {name!r} is not a registered dataset; {hint}"
+                              "(Detectron2's builtin names, the demo's crbp_demo_train_separated / "
+                              "crbp_demo_val_separated, or one registered in your code: datasets/README.md)")
 
 
 def setup(args, load=None, register=None):
@@ -253,9 +296,14 @@ def setup(args, load=None, register=None):
     args.config_file = resolve_config_file(args.config_file)  # default_setup logs the file
     cfg = (load or load_config)(args.config_file, args.opts)
     check_device(cfg)
+    if comm.is_main_process():
+        check_output_dir(cfg.OUTPUT_DIR)
     (register or register_datasets)(cfg)
+    check_datasets_registered(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    if comm.is_main_process():
+        remove_stale_temporaries(cfg.OUTPUT_DIR)
     return cfg
 
 

@@ -32,6 +32,8 @@ def read_image_rgb(path: str) -> np.ndarray:
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, rgba)
             rgb = np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise InputImageError(f"{path}: too large to decode ({e}); downscale it") from None
     except (OSError, SyntaxError) as e:
         raise InputImageError(f"{path}: not a readable image ({e})") from None
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
@@ -182,29 +184,39 @@ def save_prediction(outputs: Dict, rgb: np.ndarray, metadata, out_dir: str, stem
 def predict_files(predictor: Predictor, paths: List[str], out_dir: str, on_error: str = "raise",
                   progress: bool = True) -> Dict:
     """Runs the predictor on every path; writes the pictures and predictions.json. With
-    on_error="skip", unreadable inputs are reported in the JSON's "errors" instead of raising."""
+    on_error="skip", unreadable inputs are reported in the JSON's "errors" instead of raising.
+    predictions.json is written whatever happens: if an input stops the run, it holds the images
+    done before it, and the error."""
     from tqdm import tqdm
 
     os.makedirs(out_dir, exist_ok=True)
     annotations, errors = [], []
-    for path, stem in tqdm(list(zip(paths, output_names(paths))), desc="predict", unit="img", disable=not progress):
-        try:
-            rgb = read_image_rgb(path)
-            outputs = predictor(rgb, name=path)
-        except InputImageError as e:
-            if on_error == "raise":
-                raise
-            errors.append(str(e))
-            continue
-        record = save_prediction(outputs, rgb, predictor.metadata, out_dir, stem)
-        record["input"] = path
-        annotations.append(record)
-    meta = predictor.metadata
+    try:
+        for path, stem in tqdm(list(zip(paths, output_names(paths))), desc="predict", unit="img",
+                               disable=not progress):
+            try:
+                rgb = read_image_rgb(path)
+                outputs = predictor(rgb, name=path)
+            except InputImageError as e:
+                errors.append(str(e))
+                if on_error == "raise":
+                    raise
+                continue
+            record = save_prediction(outputs, rgb, predictor.metadata, out_dir, stem)
+            record["input"] = path
+            annotations.append(record)
+    finally:
+        result = {"annotations": annotations, "categories": prediction_categories(predictor.metadata),
+                  "errors": errors}
+        with open(os.path.join(out_dir, "predictions.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def prediction_categories(meta) -> List[dict]:
+    """COCO panoptic categories (dataset ids) of a dataset's metadata."""
     categories = [{"id": k, "name": meta.thing_classes[v], "isthing": 1}
                   for k, v in meta.get("thing_dataset_id_to_contiguous_id", {}).items()]
     categories += [{"id": k, "name": meta.stuff_classes[v], "isthing": 0}
                    for k, v in meta.get("stuff_dataset_id_to_contiguous_id", {}).items() if v != 0]
-    result = {"annotations": annotations, "categories": categories, "errors": errors}
-    with open(os.path.join(out_dir, "predictions.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    return result
+    return categories

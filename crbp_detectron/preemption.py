@@ -1,5 +1,8 @@
 """Preemption: SIGTERM/SIGINT during training finishes the current iteration, saves a checkpoint at
-it and stops with `Preempted` (the tools exit with 128 + the signal number).
+it and stops with `Preempted` (the tools exit with 128 + the signal number). A second one while
+the first waits for the iteration to end stops the process at once (exit 128 + the signal number,
+no checkpoint for the current iteration, a line that says so): a run can always be stopped, even
+when an iteration takes far too long.
 
 The deferring handler is scoped to the training loop: it is restored before the end-of-training
 work (final evaluation) and it never survives into a forked child. A child that inherited it would
@@ -8,6 +11,7 @@ evaluators) and hang the run; `os.register_at_fork` puts the previous handlers b
 """
 import os
 import signal
+import sys
 from typing import Callable, Dict, Optional
 
 import detectron2.utils.comm as comm
@@ -34,17 +38,37 @@ class DeferredTermination:
 
     active: Optional["DeferredTermination"] = None
 
-    def __init__(self):
+    def __init__(self, progress: Optional[Callable[[], str]] = None):
+        """progress(): where the run is, for the lines printed on a signal ("iteration 12")."""
         self.received = 0
         self._owner_pid = None
         self._previous: Dict[int, object] = {}
+        self._progress = progress or (lambda: "the current iteration")
 
     def _record(self, signum, frame):
         if os.getpid() != self._owner_pid:  # a child that got here before its at-fork reset
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        name, where = signal.Signals(signum).name, self._where()
+        if self.received:
+            _say(f"{name} again while waiting for {where} to finish: stopping now; no checkpoint was "
+                 "written for it (--resume continues from the latest checkpoint)")
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001 - interrupted in the middle of a write
+                    pass
+            os._exit(128 + signum)
         self.received = signum
+        _say(f"{name} received: finishing {where}, then saving a checkpoint and stopping "
+             f"({name} again stops at once, without a checkpoint)")
+
+    def _where(self) -> str:
+        try:
+            return self._progress()
+        except Exception:  # noqa: BLE001 - a trainer already gone: still stop
+            return "the current iteration"
 
     def install(self):
         self._owner_pid = os.getpid()
@@ -87,7 +111,7 @@ class PreemptionHook(HookBase):
     trainer gathers the per-rank state that the checkpoint needs there)."""
 
     def __init__(self, before_checkpoint: Optional[Callable[[], None]] = None):
-        self._termination = DeferredTermination()
+        self._termination = DeferredTermination(progress=lambda: f"iteration {self.trainer.iter}")
         self._before_checkpoint = before_checkpoint
 
     def before_train(self):
@@ -115,6 +139,15 @@ class PreemptionHook(HookBase):
             checkpointer.save(name, iteration=iteration)
         comm.synchronize()
         raise Preempted(int(received.item()), iteration, os.path.join(self.trainer.cfg.OUTPUT_DIR, name + ".pth"))
+
+
+def _say(line: str):
+    """One line to stderr from a signal handler (unbuffered: the handler may have interrupted a
+    buffered write)."""
+    try:
+        os.write(2, (line + "\n").encode())
+    except OSError:
+        pass
 
 
 def ignore_termination_in_worker(worker_id: int):

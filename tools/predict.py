@@ -18,7 +18,7 @@ import sys
 
 import crbp_detectron  # noqa: F401  (registers the components)
 from crbp_detectron.config import load_config
-from crbp_detectron.engine import check_device, register_datasets
+from crbp_detectron.engine import check_device, check_output_dir, register_datasets
 from crbp_detectron.inference import InputImageError, Predictor, list_images, predict_files
 
 
@@ -34,6 +34,7 @@ def main(argv=None):
     try:
         cfg = load_config(args.config_file, args.opts)
         check_device(cfg)
+        check_output_dir(args.output, "--output")
         register_datasets(cfg)
         repeated = []
         paths = list_images(args.input, repeated)

@@ -25,7 +25,7 @@ import numpy as np
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from .coco_panoptic import panoptic_to_instances, register_panoptic_separated, write_stuff_pngs
+from .coco_panoptic import DatasetError, panoptic_to_instances, register_panoptic_separated, write_stuff_pngs
 
 VERSION = 4
 DEMO_DATASETS = ("crbp_demo_train", "crbp_demo_val")
@@ -272,7 +272,12 @@ def generate_demo_dataset(root: Optional[str] = None, params: DemoParams = DemoP
     """Writes the dataset under `root` (default: $CRBP_DEMO_DIR or ~/.cache/crbp_detectron/demo)
     unless a complete copy with the same version and parameters is there. Returns the paths."""
     root = root or default_root()
-    os.makedirs(root, exist_ok=True)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        named = f"CRBP_DEMO_DIR = {root!r}" if root == os.environ.get("CRBP_DEMO_DIR") else repr(root)
+        raise DatasetError(f"{named}: not a folder (a file is in the way); the demo data cache must be a folder, "
+                           "created if missing") from None
     with open(os.path.join(root, ".lock"), "w") as lock:  # one writer at a time (several ranks)
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _generate_locked(root, params, progress, force)
@@ -282,9 +287,15 @@ def _generate_locked(root, params, progress, force):
     manifest_path = os.path.join(root, "manifest.json")
     manifest = {"version": VERSION, "params": asdict(params), "digest": params.digest()}
     if not force and os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            if json.load(f) == manifest:
-                return {split: _split_paths(root, split) for split in ("train", "val")}
+        try:
+            with open(manifest_path) as f:
+                complete = json.load(f) == manifest
+        except (ValueError, UnicodeDecodeError) as e:  # its files may be someone's: never deleted unasked
+            raise DatasetError(f"{manifest_path}: damaged demo dataset manifest (not valid JSON: {e}); delete "
+                               f"{root} to have the demo data generated again, or set CRBP_DEMO_DIR to another "
+                               "folder") from None
+        if complete:
+            return {split: _split_paths(root, split) for split in ("train", "val")}
     if os.path.isdir(root):
         for split in ("train", "val"):
             shutil.rmtree(os.path.join(root, split), ignore_errors=True)

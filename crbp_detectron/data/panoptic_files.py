@@ -32,6 +32,8 @@ def read_image(path: str, what: str, mode: str = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert(mode) if mode else im)
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"{path}: {what} too large to decode ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated, corrupt, not an image
         raise DatasetError(f"{path}: {what} cannot be decoded ({e}); the file is truncated or corrupt") from None
 
