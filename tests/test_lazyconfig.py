@@ -2,6 +2,7 @@
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 
@@ -62,3 +63,28 @@ def test_lazyconfig_builds_the_yaml_model(name):
     for it in (0, 500, 999, 1000, *yaml_cfg.SOLVER.STEPS, yaml_cfg.SOLVER.STEPS[-1] - 1, yaml_cfg.SOLVER.MAX_ITER - 1):
         where = it / yaml_cfg.SOLVER.MAX_ITER
         assert lazy_lr(where) == pytest.approx(yaml_lr(where), rel=1e-9), it
+
+
+def test_steps_set_in_lazyconfig_or_yaml_give_the_same_model():
+    """README's override `model.roi_heads.mask_head.recurrence.steps=10` is the 10-step YAML model,
+    the gate initialisation (chrono: biases drawn for 10 steps) included."""
+    from detectron2.modeling.roi_heads import build_mask_head
+
+    yaml_cfg = load_config("COCO-PanopticSegmentation/panoptic_crbp10_R_50_1x.yaml", ["MODEL.DEVICE", "cpu"])
+    lazy_cfg = LazyConfig.load(resolve_config_file("COCO-PanopticSegmentation/panoptic_crbp_R_50_1x.py"))
+    lazy_cfg = LazyConfig.apply_overrides(lazy_cfg, ["model.roi_heads.mask_head.recurrence.steps=10"])
+    torch.manual_seed(0)
+    from_yaml = build_mask_head(yaml_cfg, ShapeSpec(channels=256, width=14, height=14))
+    torch.manual_seed(0)
+    from_lazy = instantiate(lazy_cfg.model.roi_heads.mask_head)
+    assert from_lazy.recurrence.steps == from_yaml.recurrence.steps == 10
+    assert _block_settings(from_lazy) == _block_settings(from_yaml)
+    lazy_state, yaml_state = from_lazy.state_dict(), from_yaml.state_dict()
+    assert lazy_state.keys() == yaml_state.keys()
+    for key, value in yaml_state.items():
+        assert torch.equal(lazy_state[key], value), key
+    # ... and not the 20-step one: the gate biases differ.
+    torch.manual_seed(0)
+    twenty = instantiate(LazyConfig.load(resolve_config_file(
+        "COCO-PanopticSegmentation/panoptic_crbp_R_50_1x.py")).model.roi_heads.mask_head)
+    assert not torch.equal(twenty.state_dict()["recurrence.cell.mix_gate.bias"], yaml_state["recurrence.cell.mix_gate.bias"])

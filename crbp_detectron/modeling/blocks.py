@@ -1,5 +1,9 @@
-"""Building recurrent blocks (a cell in a Recurrence) from MODEL.CRBP, for every component."""
-from typing import Optional
+"""Building recurrent blocks (a cell in a Recurrence) from MODEL.CRBP, for every component. A
+component built without a config gets the config's defaults (`default_block_kwargs`), and a cell's
+gate initialisation follows the block's steps unless `timesteps` is given, so that a model is the
+same whether its steps were set in a YAML file, a LazyConfig or a constructor."""
+import functools
+from typing import Optional, Tuple
 
 from torch import nn
 
@@ -28,9 +32,28 @@ def cell_kwargs_from_cfg(cfg) -> dict:
     return dict(
         cell_type=c.TYPE, kernel_size=c.KERNEL_SIZE, norm=c.NORM, num_groups=c.NUM_GROUPS,
         gate=c.GATE, nonlinearity=c.NONLINEARITY, inhibition_eta=c.INHIBITION_ETA,
-        excitation=c.EXCITATION, output_eta=c.OUTPUT_ETA, timesteps=cfg.MODEL.CRBP.STEPS,
-        update_gate_init=c.UPDATE_GATE_INIT,
+        excitation=c.EXCITATION, output_eta=c.OUTPUT_ETA, update_gate_init=c.UPDATE_GATE_INIT,
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _default_cfg():
+    from ..config import get_cfg
+
+    return get_cfg()
+
+
+def default_block_kwargs() -> Tuple[dict, dict]:
+    """(cell_kwargs, recurrence_kwargs) of the config's defaults (add_crbp_config: the paper's COCO
+    block), for components built without a config."""
+    cfg = _default_cfg()
+    return cell_kwargs_from_cfg(cfg), recurrence_kwargs_from_cfg(cfg)
+
+
+def cell_kwargs_for(cell_kwargs: Optional[dict], steps: int) -> dict:
+    """build_cell keyword arguments whose `timesteps` (the gate-bias initialisation) default to the
+    block's `steps`."""
+    return {"timesteps": steps, **(cell_kwargs or {})}
 
 
 def build_cell(channels: int, *, cell_type: str = "hgru", kernel_size: int = 3, norm: str = "GN",
@@ -52,7 +75,10 @@ def build_cell(channels: int, *, cell_type: str = "hgru", kernel_size: int = 3, 
 
 def build_recurrence(channels: int, cell: Optional[nn.Module] = None, cell_kwargs: Optional[dict] = None,
                      **recurrence_kwargs) -> Recurrence:
-    """A Recurrence around `cell`, or around a new cell built from `cell_kwargs`."""
+    """A Recurrence around `cell`, or around a new cell built from `cell_kwargs` (its `timesteps`
+    default to the recurrence's steps)."""
     if cell is None:
+        if "steps" in recurrence_kwargs:
+            cell_kwargs = cell_kwargs_for(cell_kwargs, recurrence_kwargs["steps"])
         cell = build_cell(channels, **(cell_kwargs or {}))
     return Recurrence(cell, **recurrence_kwargs)

@@ -11,7 +11,8 @@ from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, get_norm
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
 from torch import nn
 
-from .blocks import build_recurrence, cell_kwargs_from_cfg, recurrence_kwargs_from_cfg
+from .blocks import build_recurrence, cell_kwargs_from_cfg, default_block_kwargs, recurrence_kwargs_from_cfg
+from .meta_arch import require_collecting_meta_architecture
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -28,7 +29,9 @@ class CRBPMaskHead(BaseMaskRCNNHead):
             input_shape: shape of the RoI features.
             num_classes: foreground classes (1 for class-agnostic masks).
             recurrence: a `Recurrence` whose cell maps (x, h) of the state's channels; default:
-                the paper's C-RBP hGRU with 20 steps.
+                the config's defaults (`add_crbp_config`: the paper's C-RBP hGRU, 20 steps, LCP
+                lambda 0.95 summed, weight 0.001). The head must sit in a meta-architecture that
+                collects its penalty (CRBPPanopticFPN, CRBPGeneralizedRCNN).
             output_norm: Detectron2 norm name applied to h* ("BN", "SyncBN", "GN", "").
             deconv_dim: channels of the upsampling deconvolution.
             state_channels: channels of the recurrent state; 0 = input_shape.channels (the paper,
@@ -43,7 +46,10 @@ class CRBPMaskHead(BaseMaskRCNNHead):
         if channels != input_shape.channels:
             self.drive = Conv2d(input_shape.channels, channels, kernel_size=1)
             weight_init.c2_msra_fill(self.drive)
-        self.recurrence = recurrence if recurrence is not None else build_recurrence(channels)
+        if recurrence is None:
+            cell_kwargs, recurrence_kwargs = default_block_kwargs()
+            recurrence = build_recurrence(channels, cell_kwargs=cell_kwargs, **recurrence_kwargs)
+        self.recurrence = recurrence
         self.output_norm = get_norm(output_norm, channels) or nn.Identity()
         self.deconv = ConvTranspose2d(channels, deconv_dim, kernel_size=2, stride=2, padding=0)
         self.predictor = Conv2d(deconv_dim, num_classes, kernel_size=1)
@@ -53,6 +59,7 @@ class CRBPMaskHead(BaseMaskRCNNHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        require_collecting_meta_architecture(cfg, "MODEL.ROI_MASK_HEAD.NAME = 'CRBPMaskHead'")
         ret = super().from_config(cfg, input_shape)
         num_classes = 1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
         state_channels = cfg.MODEL.CRBP.MASK_HEAD.STATE_CHANNELS

@@ -9,6 +9,30 @@ from detectron2.utils.events import get_event_storage
 from ..crbp import collect_recurrence, penalty_losses, summary_scalars
 
 
+# Detectron2's meta-architectures and their C-RBP counterparts (which collect the blocks' penalties).
+CRBP_META_ARCHITECTURES = {"PanopticFPN": "CRBPPanopticFPN", "GeneralizedRCNN": "CRBPGeneralizedRCNN"}
+
+
+def require_collecting_meta_architecture(cfg, component: str):
+    """Raises ConfigError at build time when a recurrent component is configured inside a
+    meta-architecture that does not collect recurrent blocks' penalties (not a RecurrenceLossMixin):
+    it would train without the contraction penalty and fail only after MAX_PENDING_RECORDS steps."""
+    from ..config import ConfigError
+
+    name = cfg.MODEL.META_ARCHITECTURE
+    if name not in META_ARCH_REGISTRY:  # Detectron2 names an unknown architecture itself
+        return
+    architecture = META_ARCH_REGISTRY.get(name)
+    if isinstance(architecture, type) and issubclass(architecture, RecurrenceLossMixin):
+        return
+    instead = CRBP_META_ARCHITECTURES.get(name)
+    use = (f"use MODEL.META_ARCHITECTURE {instead!r}" if instead else
+           f"use one of {sorted(set(CRBP_META_ARCHITECTURES.values()))}, or a meta-architecture that has "
+           "crbp_detectron.modeling.RecurrenceLossMixin first among its bases")
+    raise ConfigError(f"MODEL.META_ARCHITECTURE = {name!r} with {component}: {name} does not add the recurrent "
+                      f"block's contraction penalty to the loss nor log its statistics; {use}")
+
+
 class RecurrentBlockDivergence(FloatingPointError):
     """A recurrent block's backward solve diverged too many backward passes in a row."""
 

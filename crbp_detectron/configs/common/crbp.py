@@ -18,10 +18,12 @@ recurrence = dict(
     penalty_reduction="sum", penalty_weight=0.001, hutchinson_samples=1,
 )
 # The COCO hGRU: 3x3 kernels, GALA gate, GroupNorm(32), softplus. Arguments of
-# crbp_detectron.modeling.blocks.build_cell; `timesteps` (the gate-bias init) follows the steps.
+# crbp_detectron.modeling.blocks.build_cell; its `timesteps` (the gate-bias init) are left to
+# build_recurrence, which takes the recurrence's steps: an override such as
+# `model.roi_heads.mask_head.recurrence.steps=10` gives the 10-step YAML model.
 cell = dict(
     cell_type="hgru", kernel_size=3, norm="GN", num_groups=32, gate="gala", nonlinearity="softplus",
-    inhibition_eta=False, excitation="simple", output_eta=False, timesteps=recurrence["steps"],
+    inhibition_eta=False, excitation="simple", output_eta=False, update_gate_init="chrono",
 )
 
 # The published C-RBP mask head: one hGRU on the 14x14 RoI features, BN, deconv, predictor.
