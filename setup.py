@@ -38,5 +38,6 @@ setup(
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1"],
         "bench": ["torchdeq==0.1.0"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],  # tools/export_model.py --format onnx, and its check
     },
 )

@@ -12,7 +12,8 @@ keeps only x, h* and the parameters and recomputes the step and the penalty in t
 "recorded" keeps the step's graph and the penalty's double-backward graph. Same gradients.
 
 In eval mode (or under torch.no_grad) the block runs `test_steps` iterations with no graph; if
-gradients are enabled in eval mode they flow with the RBP gradient, in every mode. With `tol` > 0
+gradients are enabled in eval mode they flow with the RBP gradient, in every mode (but not while
+traced or exported: torch.jit.trace, torch.export and ONNX get the graph-free iteration). With `tol` > 0
 every sample (dim 0) stops once its estimated distance to the fixed point is under `tol`
 (solver.py), and stopped samples stop costing compute where the cell allows it.
 
@@ -41,6 +42,10 @@ PENALIZED_MODES = ("crbp", "cbptt")
 # Records a block keeps in training before someone collects them (see `pop_records`). Penalties
 # hold their graphs, so an uncollected block would leak memory: past this we raise instead.
 MAX_PENDING_RECORDS = 64
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 @dataclass
@@ -150,7 +155,9 @@ class Recurrence(nn.Module):
         """
         h = self.initial_state(x) if h0 is None else h0.detach()
         trace = [] if self.record_trace else None
-        grad = torch.is_grad_enabled()
+        # Traced or exported for inference (torch.jit.trace, torch.export, ONNX): graph-free, even
+        # with gradients enabled (the RBP gradient's autograd.Function has nothing to export).
+        grad = torch.is_grad_enabled() and (self.training or not _exporting())
         steps = self.steps if self.training else self._eval_steps
         if self.training and grad and self.mode in ("bptt", "cbptt"):
             h, stats, loss = self._unrolled(x, h, trace)

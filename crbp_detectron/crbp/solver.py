@@ -18,7 +18,7 @@ sliced: the whole batch iterates until every sample has converged. `samples_inde
 (a cell may declare `samples_independent = False`/`True` itself).
 """
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ def samples_independent(cell) -> bool:
 class IterationResult:
     h: torch.Tensor
     steps: int  # iterations run by the longest-running sample
-    residual: float  # batch relative residual of each sample's last step (nan if none ran)
+    residual: Union[float, torch.Tensor]  # batch relative residual of the last step (nan if none ran)
     sample_steps: Optional[torch.Tensor] = None  # iterations per sample (with a tolerance)
     distance: Optional[torch.Tensor] = None  # per-sample estimate of ||h - h*|| / ||h||
     sliced: bool = False  # whether converged samples were dropped from the iteration
@@ -67,16 +67,18 @@ def iterate(cell: Cell, x: torch.Tensor, h: torch.Tensor, steps: int, tol: float
 
     tol > 0: each sample stops once its estimated relative distance to the fixed point,
     q / (1 - q) ||h_t+1 - h_t|| / ||h_t+1||, falls under `tol`; the call returns when all have.
-    tol <= 0: exactly `steps` iterations. `trace` gets the batch relative residual of each step.
+    tol <= 0: exactly `steps` iterations, and the result's residual a 0-dim tensor: no Python
+    number is taken from the data (no host sync; `torch.export` and tracing see no data-dependent
+    value). `trace` gets the batch relative residual of each step (floats).
     """
     if tol <= 0 or h.shape[0] == 0:
         residual = float("nan")
         for t in range(steps):
             h_next = cell(x, h)
             if trace is not None or t == steps - 1:
-                residual = float(relative_residual(h_next, h))
+                residual = relative_residual(h_next, h)
                 if trace is not None:
-                    trace.append(residual)
+                    trace.append(float(residual))
             h = h_next
         return IterationResult(h, steps, residual)
 

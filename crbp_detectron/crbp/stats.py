@@ -1,6 +1,8 @@
 """Statistics of one recurrent call: what the forward did, and what its backward did."""
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Union
+
+import torch
 
 
 @dataclass
@@ -24,11 +26,13 @@ class BackwardStats:
 
 @dataclass
 class RecurrenceStats:
-    """What one forward of a recurrent block did. Floats, so loggers can take them as they are."""
+    """What one forward of a recurrent block did: floats, except `residual` after a graph-free
+    (inference) call without a tolerance, a 0-dim tensor so that inference takes no Python number
+    from the data; `as_dict` gives floats."""
 
     mode: str
     steps: int  # iterations run (the recorded step included; the longest-running sample's)
-    residual: float  # final relative residual ||h_t+1 - h_t|| / ||h_t+1|| (whole batch)
+    residual: Union[float, torch.Tensor]  # final relative residual ||h_t+1 - h_t|| / ||h_t+1|| (whole batch)
     converged: bool  # every sample's distance estimate under the tolerance (False without one)
     mean_steps: Optional[float] = None  # iterations per sample, averaged (with a tolerance)
     converged_fraction: Optional[float] = None  # samples whose distance estimate is under it
@@ -42,7 +46,7 @@ class RecurrenceStats:
         """Flat dict of the scalar statistics (the trace left out)."""
         out = {
             "steps": self.steps,
-            "residual": self.residual,
+            "residual": float(self.residual),
             "converged": float(self.converged),
         }
         for key in ("mean_steps", "converged_fraction", "distance"):
