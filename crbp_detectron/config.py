@@ -98,6 +98,20 @@ def add_crbp_config(cfg):
     _C.MODEL.CRBP.FPN.LEVELS = ["p2", "p3", "p4", "p5"]  # FPN outputs made recurrent
     _C.MODEL.CRBP.FPN.SHARE_CELL = False  # one cell for every level instead of one per level
 
+    # Your own COCO-format panoptic datasets (the tools' --dataset NAME IMAGE_ROOT PANOPTIC_ROOT
+    # PANOPTIC_JSON fills these): each registered as "<NAME>_separated" for DATASETS.TRAIN / TEST,
+    # with the categories of its panoptic JSON; one entry per name in each list. datasets/README.md.
+    _C.DATASETS.COCO_PANOPTIC = CN()
+    _C.DATASETS.COCO_PANOPTIC.NAMES = []
+    _C.DATASETS.COCO_PANOPTIC.IMAGE_ROOTS = []
+    _C.DATASETS.COCO_PANOPTIC.PANOPTIC_ROOTS = []
+    _C.DATASETS.COCO_PANOPTIC.PANOPTIC_JSONS = []
+    # Detection-format instances JSONs, one per name ("" or an empty list: derived from the panoptic
+    # annotations, masks in INPUT.MASK_FORMAT; stuff categories in a given one are left out).
+    _C.DATASETS.COCO_PANOPTIC.INSTANCES_JSONS = []
+    # Where the stuff PNGs and derived instances are written ("" = OUTPUT_DIR/datasets/<NAME>).
+    _C.DATASETS.COCO_PANOPTIC.DERIVED_DIR = ""
+
     # The training step's guard against exploding steps (crbp_detectron.train_step.GradientGuard):
     # a step whose gradient norm is non-finite, or above FACTOR x the median norm of the last WINDOW
     # accepted steps (judged once MIN_HISTORY have been accepted), is refused (skipped, weights

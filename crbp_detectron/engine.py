@@ -294,12 +294,13 @@ def setup(args, load=None, register=None):
     config dump, seed). `load(name, opts)` and `register(cfg)` are another tool's (Pathfinder's);
     by default load_config and register_datasets."""
     args.config_file = resolve_config_file(args.config_file)  # default_setup logs the file
-    cfg = (load or load_config)(args.config_file, args.opts)
+    cfg = (load or load_config)(args.config_file, dataset_opts(getattr(args, "dataset", None)) + list(args.opts))
     check_device(cfg)
     if comm.is_main_process():
         check_output_dir(cfg.OUTPUT_DIR)
     (register or register_datasets)(cfg)
     check_datasets_registered(cfg)
+    check_classes_match_datasets(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     if comm.is_main_process():
@@ -307,14 +308,59 @@ def setup(args, load=None, register=None):
     return cfg
 
 
-def register_datasets(cfg):
-    """Registers (generating if needed) the project's own datasets that the config names.
+def register_datasets(cfg, metadata_only: bool = False):
+    """Registers (generating if needed) the project's demo datasets that the config names, and the
+    user's COCO-format panoptic datasets of DATASETS.COCO_PANOPTIC (prepared and validated by the
+    main process; `metadata_only`: registered for their categories, nothing written or checked).
     COCO's standard splits are registered by Detectron2 itself on import."""
+    from .data.coco_panoptic import register_own_datasets
     from .data.demo import DEMO_DATASETS, register_demo_datasets
 
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     if any(n.startswith(DEMO_DATASETS) for n in names):
         register_demo_datasets(progress=comm.is_main_process())
+    if cfg.DATASETS.COCO_PANOPTIC.NAMES:
+        prepare = comm.is_main_process() and not metadata_only
+        if prepare:
+            register_own_datasets(cfg, prepare=True)
+        comm.synchronize()
+        if not prepare:
+            register_own_datasets(cfg, prepare=False)
+
+
+def add_dataset_argument(parser):
+    """--dataset NAME IMAGE_ROOT PANOPTIC_ROOT PANOPTIC_JSON (repeatable): a COCO-format panoptic
+    dataset, registered as NAME_separated (DATASETS.COCO_PANOPTIC)."""
+    parser.add_argument("--dataset", nargs=4, action="append", default=[],
+                        metavar=("NAME", "IMAGE_ROOT", "PANOPTIC_ROOT", "PANOPTIC_JSON"),
+                        help="register a COCO-format panoptic dataset as NAME_separated (use that name in "
+                             "DATASETS.TRAIN / DATASETS.TEST); repeatable. See datasets/README.md")
+
+
+def dataset_opts(datasets) -> list:
+    """Config overrides (KEY VALUE ...) for the --dataset arguments."""
+    if not datasets:
+        return []
+    columns = list(zip(*datasets))
+    keys = ("NAMES", "IMAGE_ROOTS", "PANOPTIC_ROOTS", "PANOPTIC_JSONS")
+    return [item for key, values in zip(keys, columns) for item in (f"DATASETS.COCO_PANOPTIC.{key}", repr(list(values)))]
+
+
+def check_classes_match_datasets(cfg):
+    """MODEL.ROI_HEADS.NUM_CLASSES / SEM_SEG_HEAD.NUM_CLASSES fit the training datasets' categories
+    (a model for other data would fail, or silently ignore classes, later)."""
+    from detectron2.data import MetadataCatalog
+
+    for name in cfg.DATASETS.TRAIN:
+        meta = MetadataCatalog.get(name)
+        expected = (("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES, "thing_classes", "thing"),
+                    ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "stuff_classes",
+                     "stuff (\"things\" included)"))
+        for key, value, field, what in expected:
+            classes = meta.get(field, None)
+            if classes is not None and cfg.MODEL.META_ARCHITECTURE.endswith("PanopticFPN") and value != len(classes):
+                raise ConfigError(f"{key} = {value}: the training dataset {name!r} has {len(classes)} {what} classes; "
+                                  f"set {key} {len(classes)}")
 
 
 def final_panoptic_metrics(metrics_json: str) -> dict:

@@ -106,9 +106,14 @@ class Predictor:
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
         Checkpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        if not len(cfg.DATASETS.TEST):
-            raise ValueError("DATASETS.TEST is empty: the predictor takes class names from its first dataset")
-        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+        if not names:
+            raise ValueError("DATASETS.TEST and DATASETS.TRAIN are empty: the predictor takes the class names from "
+                             "the first dataset of either")
+        self.metadata = MetadataCatalog.get(names[0])
+        if not self.metadata.get("thing_classes", None):
+            raise ValueError(f"dataset {names[0]!r} has no class names (metadata thing_classes): register it (for "
+                             "your own data: --dataset, or the training run's OUTPUT_DIR/config.yaml)")
         self.min_size, self.max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
         if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
             raise ValueError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r}: only BGR and RGB inputs are supported here")

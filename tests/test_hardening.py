@@ -192,7 +192,7 @@ def tools(demo_root):
     """The tools, run in this process: exit status of `main`. predict runs a tiny random model on the
     demo's classes (the demo is registered by the fixture, not by the tool)."""
     train_net, predict = _tool("train_net"), _tool("predict")
-    predict.register_datasets = lambda cfg: None
+    predict.register_datasets = lambda cfg, **kwargs: None
 
     def run(name, argv, tmp):
         _forget_logging_setup()

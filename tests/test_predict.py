@@ -22,7 +22,7 @@ def predict(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("predict_tool", os.path.join(REPO, "tools", "predict.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    tool.register_datasets = lambda cfg: None  # the tiny demo above, not the full one in the user's cache
+    tool.register_datasets = lambda cfg, **kwargs: None  # the tiny demo above, not the full one in the user's cache
     opts = tiny_demo_opts()
 
     def run(inputs, out, *extra):

@@ -13,6 +13,11 @@ checkpoint, if the latest is damaged). Under torchrun, `python -m crbp_detectron
 143 on preemption too (torchrun itself exits 1). A bad config, dataset or weights file stops at
 start-up with "error: ..." naming it, and exit status 2.
 
+Your own COCO-format panoptic data: --dataset NAME IMAGE_ROOT PANOPTIC_ROOT PANOPTIC_JSON (repeatable)
+registers it as NAME_separated (datasets/README.md), e.g.
+    python tools/train_net.py --config-file panoptic_crbp.yaml --dataset mine_train imgs/ pngs/ panoptic.json \
+        DATASETS.TRAIN "('mine_train_separated',)" DATASETS.TEST "()" MODEL.ROI_HEADS.NUM_CLASSES ...
+
 --config-file takes a path, a config packaged with crbp_detectron (e.g. panoptic_crbp.yaml,
 COCO-PanopticSegmentation/panoptic_crbp_R_50_1x.yaml) or a Detectron2 model-zoo name.
 """
@@ -28,7 +33,7 @@ import crbp_detectron  # noqa: F401  (registers the components)
 from crbp_detectron.checkpoint import Checkpointer, CheckpointError
 from crbp_detectron.config import ConfigError
 from crbp_detectron.data.coco_panoptic import DatasetError
-from crbp_detectron.engine import Preempted, Trainer, launch_from_args, setup
+from crbp_detectron.engine import Preempted, Trainer, add_dataset_argument, launch_from_args, setup
 from crbp_detectron.test_steps import sweep_test_steps
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
@@ -64,6 +69,7 @@ def parser():
     p = default_argument_parser()
     p.add_argument("--test-steps", type=int, nargs="+", default=None,
                    help="with --eval-only: evaluate at each of these test-time recurrent step counts")
+    add_dataset_argument(p)
     p.add_argument("--keep-only-latest-checkpoint", action="store_true",
                    help="keep one checkpoint on disk (what --resume needs); a finished run leaves only model_final.pth")
     return p

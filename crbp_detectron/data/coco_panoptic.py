@@ -28,7 +28,8 @@ THINGS_STUFF_ID = 0  # the stuff class every thing pixel gets in the separated f
 def panoptic_separated_metadata(categories: Sequence[dict]) -> dict:
     """Detectron2 metadata of the separated format from COCO panoptic categories
     ({"id", "name", "isthing", "color"}). Stuff contiguous ids start at 1: id 0 is "things"."""
-    things = [c for c in categories if c["isthing"]]
+    # Things in id order, as Detectron2's COCO loader numbers them (it refuses other metadata).
+    things = sorted((c for c in categories if c["isthing"]), key=lambda c: c["id"])
     stuff = [c for c in categories if not c["isthing"]]
     stuff_map = {c["id"]: i + 1 for i, c in enumerate(stuff)}
     stuff_map[THINGS_STUFF_ID] = 0
@@ -102,10 +103,23 @@ def write_stuff_pngs(panoptic_json: str, panoptic_root: str, out_dir: str, worke
     return counts
 
 
-def panoptic_to_instances(panoptic_json: str, panoptic_root: str, out_json: Optional[str] = None) -> dict:
-    """COCO detection-format "things" annotations (RLE masks) derived from panoptic annotations,
-    for datasets without an instances JSON (the project's demo data, the COCO sample)."""
+MASK_FORMATS = ("bitmask", "polygon")  # INPUT.MASK_FORMAT
+
+
+def panoptic_to_instances(panoptic_json: str, panoptic_root: str, out_json: Optional[str] = None,
+                          mask_format: str = "bitmask") -> dict:
+    """COCO detection-format "things" annotations derived from panoptic annotations, for datasets
+    without an instances JSON (the project's demo data, your own data), with masks in the format
+    INPUT.MASK_FORMAT reads: "bitmask" -> RLE (exact), "polygon" -> polygons of the mask's
+    contours (Detectron2's GenericMask; holes filled, as in COCO's polygons; a segment too small
+    for a 3-point polygon is left out, and counted in the log)."""
     from pycocotools import mask as mask_util
+
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format {mask_format!r}: must be one of {MASK_FORMATS}")
+    if mask_format == "polygon":
+        from detectron2.utils.visualizer import GenericMask
+    too_small = 0
 
     panoptic = load_json(panoptic_json)
     images, categories = index_panoptic_json(panoptic, panoptic_json)
@@ -120,11 +134,21 @@ def panoptic_to_instances(panoptic_json: str, panoptic_root: str, out_json: Opti
             mask = np.asfortranarray((ids == seg["id"]).astype(np.uint8))
             rle = mask_util.encode(mask)
             rle["counts"] = rle["counts"].decode("ascii")
+            segmentation = rle
+            if mask_format == "polygon" and not seg.get("iscrowd", 0):  # crowds stay RLE, as in COCO
+                polygons = GenericMask(mask, *mask.shape).polygons
+                if not polygons:
+                    too_small += 1
+                    continue
+                segmentation = [[float(v) for v in p] for p in polygons]
             annotations.append({
                 "id": len(annotations) + 1, "image_id": ann["image_id"], "category_id": seg["category_id"],
-                "segmentation": rle, "area": float(mask_util.area(rle)),
+                "segmentation": segmentation, "area": float(mask_util.area(rle)),
                 "bbox": [float(v) for v in mask_util.toBbox(rle)], "iscrowd": int(seg.get("iscrowd", 0)),
             })
+    if too_small:
+        logger.warning("%s: %d thing segments too small for a polygon are left out of the instances (use "
+                       "INPUT.MASK_FORMAT bitmask to keep every one)", panoptic_json, too_small)
     out = {"images": panoptic["images"], "annotations": annotations,
            "categories": [c for c in panoptic["categories"] if c["isthing"]]}
     if out_json:
@@ -159,8 +183,51 @@ def _check_image_files(job) -> int:
     return len(ann["segments_info"])
 
 
+def check_instances_json(instances: dict, instances_json: str, categories: Dict[int, dict],
+                         mask_format: Optional[str] = None):
+    """An instances JSON fits its panoptic dataset: its categories are exactly the panoptic things
+    (id and name), and, given INPUT.MASK_FORMAT, its masks can be read in that format."""
+    unknown = {a.get("category_id") for a in instances.get("annotations", [])} - set(categories)
+    if unknown:
+        raise DatasetError(f"{instances_json}: unknown category ids {sorted(unknown, key=str)} (not among the "
+                           f"panoptic categories {sorted(categories)})")
+    stuff = sorted(c["id"] for c in instances.get("categories", []) if c.get("id") in categories
+                   and not categories[c["id"]]["isthing"])
+    if stuff:
+        raise DatasetError(f"{instances_json}: categories {stuff[:10]} are stuff in the panoptic JSON; an instances "
+                           "JSON holds things only (leave it out to have it derived from the panoptic annotations, "
+                           "or use things_only_instances)")
+    things = {i: c["name"] for i, c in categories.items() if c["isthing"]}
+    listed = {c.get("id"): c.get("name") for c in instances.get("categories", [])}
+    if listed != things:
+        raise DatasetError(f"{instances_json}: its categories {sorted(listed.items())[:5]}... differ from the panoptic "
+                           f"things {sorted(things.items())[:5]}... (ids and names must be the same)")
+    if mask_format == "polygon":
+        rle = sum(1 for a in instances.get("annotations", [])
+                  if isinstance(a.get("segmentation"), dict) and not a.get("iscrowd", 0))
+        if rle:
+            raise DatasetError(f"{instances_json}: {rle} non-crowd masks are RLE, which INPUT.MASK_FORMAT = 'polygon' "
+                               "cannot read: set INPUT.MASK_FORMAT bitmask")
+
+
+def things_only_instances(instances_json: str, panoptic_categories: Sequence[dict], out_json: str) -> dict:
+    """A copy of a detection-format JSON that holds stuff too (e.g. COCO's panoptic-to-detection
+    conversion) with only the panoptic things' categories and annotations."""
+    instances = load_json(instances_json)
+    things = {c["id"] for c in panoptic_categories if c["isthing"]}
+    out = dict(instances, categories=[c for c in instances.get("categories", []) if c.get("id") in things],
+               annotations=[a for a in instances.get("annotations", []) if a.get("category_id") in things])
+    dropped = len(instances.get("annotations", [])) - len(out["annotations"])
+    logger.warning("%s: %d annotations of stuff categories left out (written without them to %s)", instances_json,
+                   dropped, out_json)
+    os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+    with open(out_json, "w") as f:
+        json.dump(out, f)
+    return out
+
+
 def validate_panoptic_dataset(image_root: str, panoptic_root: str, panoptic_json: str, sem_seg_root: str,
-                              instances_json: str, workers: int = 0) -> dict:
+                              instances_json: str, workers: int = 0, mask_format: Optional[str] = None) -> dict:
     """Checks every file a separated panoptic dataset needs: the JSONs' structure, and for every
     annotated image that its picture, panoptic PNG and stuff PNG exist, decode fully (no truncated
     file) and agree with the JSON and with each other. Returns the panoptic JSON. Errors name the
@@ -171,11 +238,7 @@ def validate_panoptic_dataset(image_root: str, panoptic_root: str, panoptic_json
             raise DatasetError(f"{path}: {what} not found")
     panoptic = load_json(panoptic_json)
     images, categories = index_panoptic_json(panoptic, panoptic_json)
-    instances = load_json(instances_json)
-    unknown = {a.get("category_id") for a in instances.get("annotations", [])} - set(categories)
-    if unknown:
-        raise DatasetError(f"{instances_json}: unknown category ids {sorted(unknown, key=str)} (not among the "
-                           f"panoptic categories {sorted(categories)})")
+    check_instances_json(load_json(instances_json), instances_json, categories, mask_format)
     stuff_map = panoptic_separated_metadata(panoptic["categories"])["stuff_dataset_id_to_contiguous_id"]
     jobs = [(ann, images[ann["image_id"]], categories, stuff_map, image_root, panoptic_root, sem_seg_root,
              panoptic_json) for ann in panoptic["annotations"]]
@@ -196,14 +259,16 @@ def validate_panoptic_dataset(image_root: str, panoptic_root: str, panoptic_json
 
 def register_panoptic_separated(name: str, image_root: str, panoptic_root: str, panoptic_json: str,
                                 sem_seg_root: str, instances_json: str, validate: bool = True,
-                                extra_metadata: Optional[dict] = None) -> List[str]:
+                                extra_metadata: Optional[dict] = None, mask_format: Optional[str] = None) -> List[str]:
     """Registers `name + "_separated"` (and `name + "_stuffonly"`) with Detectron2's standard
     `register_coco_panoptic_separated`, metadata from the panoptic JSON's categories. Returns the
-    registered names. With `validate`, the files are checked now, so errors come at registration."""
+    registered names. With `validate`, the files are checked now, so errors come at registration
+    (`mask_format`: the INPUT.MASK_FORMAT the instances will be read with)."""
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_panoptic_separated
 
-    panoptic = (validate_panoptic_dataset(image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json)
+    panoptic = (validate_panoptic_dataset(image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json,
+                                          mask_format=mask_format)
                 if validate else load_json(panoptic_json))
     index_panoptic_json(panoptic, panoptic_json)  # cheap: the structure is checked even without `validate`
     metadata = panoptic_separated_metadata(panoptic["categories"])
@@ -217,3 +282,44 @@ def register_panoptic_separated(name: str, image_root: str, panoptic_root: str, 
     register_coco_panoptic_separated(name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root,
                                      instances_json)
     return names
+
+
+# ---------------------------------------------------------------------------------- your own data
+def register_own_datasets(cfg, prepare: bool = True) -> List[str]:
+    """Registers the COCO-format panoptic datasets that DATASETS.COCO_PANOPTIC lists (the command
+    line's --dataset), as `<name>_separated`. With `prepare` (the main process): writes what
+    Panoptic FPN needs beside the user's files, under DERIVED_DIR/<name> (stuff PNGs; an instances
+    JSON in INPUT.MASK_FORMAT when none is given, or a things-only copy of one that holds stuff),
+    and validates every file. Without: registers the same paths (their metadata) only."""
+    d = cfg.DATASETS.COCO_PANOPTIC
+    names = list(d.NAMES)
+    columns = {"IMAGE_ROOTS": d.IMAGE_ROOTS, "PANOPTIC_ROOTS": d.PANOPTIC_ROOTS, "PANOPTIC_JSONS": d.PANOPTIC_JSONS}
+    if d.INSTANCES_JSONS:
+        columns["INSTANCES_JSONS"] = d.INSTANCES_JSONS
+    for key, values in columns.items():
+        if len(values) != len(names):
+            raise DatasetError(f"DATASETS.COCO_PANOPTIC.{key} has {len(values)} entries for the {len(names)} "
+                               f"DATASETS.COCO_PANOPTIC.NAMES {names}: one each")
+    derived_root = d.DERIVED_DIR or os.path.join(cfg.OUTPUT_DIR, "datasets")
+    registered = []
+    for i, name in enumerate(names):
+        image_root, panoptic_root, panoptic_json = d.IMAGE_ROOTS[i], d.PANOPTIC_ROOTS[i], d.PANOPTIC_JSONS[i]
+        given = d.INSTANCES_JSONS[i] if d.INSTANCES_JSONS else ""
+        folder = os.path.join(derived_root, name)
+        sem_seg_root = os.path.join(folder, "stuff")
+        instances_json = given or os.path.join(folder, f"instances_{cfg.INPUT.MASK_FORMAT}.json")
+        if prepare:
+            panoptic = load_json(panoptic_json)
+            categories = index_panoptic_json(panoptic, panoptic_json)[1]
+            write_stuff_pngs(panoptic_json, panoptic_root, sem_seg_root, workers=1, progress=False)
+            if not given:
+                panoptic_to_instances(panoptic_json, panoptic_root, instances_json, mask_format=cfg.INPUT.MASK_FORMAT)
+            elif any(not categories.get(c.get("id"), {"isthing": 1})["isthing"]
+                     for c in load_json(given).get("categories", [])):
+                instances_json = os.path.join(folder, "instances_things.json")
+                things_only_instances(given, panoptic["categories"], instances_json)
+        elif given and os.path.isfile(os.path.join(folder, "instances_things.json")):
+            instances_json = os.path.join(folder, "instances_things.json")
+        registered += register_panoptic_separated(name, image_root, panoptic_root, panoptic_json, sem_seg_root,
+                                                  instances_json, validate=prepare, mask_format=cfg.INPUT.MASK_FORMAT)
+    return registered
