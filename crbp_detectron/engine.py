@@ -133,15 +133,22 @@ class Trainer(CheckpointedParts, DefaultTrainer):
     data stream: `training_state`, `data.stream`)."""
 
     def __init__(self, cfg):
+        amp = cfg.SOLVER.AMP.ENABLED
+        cfg = cfg.clone()
+        cfg.defrost()
         if cfg.SEED < 0:  # draw the data-order seed once, so a resume can replay it
-            cfg = cfg.clone()
-            cfg.defrost()
             cfg.SEED = comm.shared_random_seed()
-            cfg.freeze()
+        # DefaultTrainer builds a SimpleTrainer, or with AMP an AMPTrainer with a CUDA GradScaler
+        # (warnings on a CPU), that ours replaces: let it build the plain one, then restore the key.
+        cfg.SOLVER.AMP.ENABLED = False
+        cfg.freeze()
         super().__init__(cfg)
-        simple = self._trainer  # Detectron2 built a SimpleTrainer or AMPTrainer: ours replaces both
-        self._trainer = GuardedTrainer(simple.model, simple.data_loader, simple.optimizer, amp=cfg.SOLVER.AMP.ENABLED,
-                                       gradient_guard=GradientGuard.from_config(cfg))
+        self.cfg.defrost()
+        self.cfg.SOLVER.AMP.ENABLED = amp
+        self.cfg.freeze()
+        simple = self._trainer
+        self._trainer = GuardedTrainer(simple.model, simple.data_loader, simple.optimizer, amp=amp,
+                                       gradient_guard=GradientGuard.from_config(self.cfg))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -193,9 +200,7 @@ class Trainer(CheckpointedParts, DefaultTrainer):
         self._preemption_hook.restore_signals()  # before the final evaluation and its worker processes
         # Shut the data workers down now: they ignore SIGTERM (see ignore_termination_in_worker), so
         # multiprocessing's exit-time terminate-and-join would wait for them forever.
-        close = getattr(self._trainer._data_loader_iter, "close", None)  # a generator: ResumableBatches'
-        if close is not None:
-            close()
+        self._trainer.close_data_loader()
         super().after_train()
 
     # Detectron2 0.6's DefaultTrainer checkpoints only the iteration and the hooks: the optimizer
@@ -209,9 +214,8 @@ class Trainer(CheckpointedParts, DefaultTrainer):
             # Continue the data stream where the checkpointed run stopped.
             stream = self._state_hook.resume_stream or {
                 "start": self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())}
-            loader = self.build_train_loader(self.cfg, sampler_seed=self._state_hook.sampler_seed, stream=stream)
-            self._trainer.data_loader = loader
-            self._trainer._data_loader_iter = iter(loader)
+            self._trainer.reset_data_loader(lambda: self.build_train_loader(
+                self.cfg, sampler_seed=self._state_hook.sampler_seed, stream=stream))
 
 
 def launch_from_args(main_func, args):
@@ -226,12 +230,15 @@ def launch_from_args(main_func, args):
     backend = os.environ.get("CRBP_DIST_BACKEND", "nccl" if use_cuda else "gloo")
     local_rank, local_size = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
     dist.init_process_group(backend=backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    machine = rank // local_size
-    for m in range(world // local_size):  # every rank must create every group, in order
-        group = dist.new_group(list(range(m * local_size, (m + 1) * local_size)))
-        if m == machine:
-            comm._LOCAL_PROCESS_GROUP = group
+    if hasattr(comm, "create_local_process_group"):  # Detectron2 after 0.6: its public API
+        comm.create_local_process_group(local_size)
+    else:  # Detectron2 0.6 creates the group inside its launcher only
+        rank, world = dist.get_rank(), dist.get_world_size()
+        machine = rank // local_size
+        for m in range(world // local_size):  # every rank must create every group, in order
+            group = dist.new_group(list(range(m * local_size, (m + 1) * local_size)))
+            if m == machine:
+                comm._LOCAL_PROCESS_GROUP = group
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     comm.synchronize()

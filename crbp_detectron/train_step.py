@@ -122,11 +122,32 @@ class GuardedTrainer(CheckpointedParts, SimpleTrainer):
         self.amp_dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
         self.grad_scaler = torch.amp.GradScaler(self.device_type) if amp and self.device_type == "cuda" else None
         self.gradient_guard = gradient_guard or GradientGuard(factor=0.0)
+        # Our own iterator over the data loader, made at the first step: Detectron2 0.6 keeps its
+        # in an attribute that is a read-only property on Detectron2's main branch.
+        self._batches = None
+
+    def reset_data_loader(self, data_loader_builder):
+        """Replaces the data loader with `data_loader_builder()` (Detectron2 main's SimpleTrainer
+        API, here for every version); its iterator is made at the next step."""
+        self.close_data_loader()
+        self.data_loader = data_loader_builder()
+
+    def close_data_loader(self):
+        """Ends the current data iterator (its worker processes) now."""
+        close = getattr(self._batches, "close", None)  # a generator: ResumableBatches'
+        if close is not None:
+            close()
+        self._batches = None
+
+    def next_batch(self):
+        if self._batches is None:
+            self._batches = iter(self.data_loader)
+        return next(self._batches)
 
     def run_step(self):
         assert self.model.training, "[GuardedTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        data = self.next_batch()
         data_time = time.perf_counter() - start
         with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
             loss_dict = self.model(data)

@@ -122,3 +122,46 @@ def test_head_constructor_scalars_are_the_config_defaults():
     assert defaults["output_norm"] == cfg.MODEL.CRBP.MASK_HEAD.OUTPUT_NORM
     assert defaults["state_channels"] == cfg.MODEL.CRBP.MASK_HEAD.STATE_CHANNELS
     assert defaults["deconv_dim"] == cfg.MODEL.ROI_MASK_HEAD.CONV_DIM
+
+
+# --------------------------------------------------------------------------- Detectron2 versions
+def test_amp_on_cpu_builds_no_cuda_grad_scaler(demo_root, tmp_path):
+    """Detectron2's CUDA AMPTrainer (and its GradScaler warnings on a CPU) is not built to be thrown
+    away; the trainer's config still says AMP."""
+    import warnings
+
+    from crbp_detectron.config import load_config
+
+    from .training_utils import tiny_opts, train
+
+    cfg = load_config("demo/panoptic_crbp_demo.yaml", tiny_opts(tmp_path, SOLVER__AMP__ENABLED=True, SOLVER__MAX_ITER=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = train(cfg)
+    assert not [w for w in caught if "GradScaler" in str(w.message) or "amp" in str(w.message).lower()]
+    assert trainer.cfg.SOLVER.AMP.ENABLED and trainer._trainer.amp and trainer._trainer.grad_scaler is None
+
+
+def test_resume_uses_no_private_data_loader_iterator(demo_root, tmp_path, monkeypatch):
+    """On Detectron2's main branch SimpleTrainer._data_loader_iter is a read-only property: the
+    trainer must neither read it nor replace it. Here reading it fails and writing it is ignored,
+    and a preempted-and-resumed run still ends with the uninterrupted run's weights."""
+    from crbp_detectron.config import load_config
+    from crbp_detectron.preemption import Preempted
+    from crbp_detectron.train_step import GuardedTrainer
+
+    from .training_utils import SignalAt, tiny_opts, train, weights
+
+    def forbidden(self):
+        raise AssertionError("SimpleTrainer._data_loader_iter read")
+
+    monkeypatch.setattr(GuardedTrainer, "_data_loader_iter", property(forbidden, lambda self, value: None),
+                        raising=False)
+    opts = dict(INPUT__RANDOM_FLIP="horizontal")
+    reference = weights(train(load_config("demo/panoptic_crbp_demo.yaml", tiny_opts(tmp_path / "a", **opts))))
+    cfg = load_config("demo/panoptic_crbp_demo.yaml", tiny_opts(tmp_path / "b", **opts))
+    with pytest.raises(Preempted):
+        train(cfg, hooks=[SignalAt(2)])
+    resumed = weights(train(cfg, resume=True))
+    for key, value in reference.items():
+        assert torch.equal(resumed[key], value), key
