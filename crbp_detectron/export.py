@@ -5,6 +5,7 @@ eager model's outputs. Recurrent blocks run their graph-free iteration when trac
 (crbp/recurrence.py), so gradient mode does not matter; MODEL.CRBP.TOL must be 0 (a per-sample
 early stop is data-dependent control flow, which tracing would freeze)."""
 import os
+import warnings
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -82,7 +83,12 @@ def export_model(model, inputs: List[Dict], output_dir: str, fmt: str) -> Dict:
             exported = torch.jit.load(path)(*adapter.flattened_inputs)
         return {"path": path, "max_abs_difference": _max_difference(exported, eager), "outputs": len(eager)}
     path = os.path.join(output_dir, "model.onnx")
-    torch.onnx.export(adapter, adapter.flattened_inputs, path, opset_version=17, dynamo=False)
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter on purpose: it exports the traced graph that the TorchScript
+        # export checks; the torch.export-based one needs onnxscript and data-independent code.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export",
+                                DeprecationWarning)
+        torch.onnx.export(adapter, adapter.flattened_inputs, path, opset_version=17, dynamo=False)
     try:
         import onnxruntime
     except ImportError:
