@@ -38,7 +38,7 @@ def test_slow_gates_the_step_size_alone_stops_far_from_the_fixed_point():
     # The old criterion (step size under tol) stops at a step whose true distance is ~50x larger.
     h = torch.zeros_like(x)
     for _ in range(5000):
-        h_next = cell(x, h)
+        h_next = cell(x, h).detach()
         if float((h_next - h).norm() / h_next.norm()) < tol:
             break
         h = h_next
