@@ -53,11 +53,11 @@ def run_json(results_dir, model, seed):
 
 
 # ------------------------------------------------------------------------------------ one run
-def train(model, seed, run_dir, threads, opts):
-    """tools/train_net.py for one model and seed; continues an interrupted run."""
+def train(config, seed, run_dir, threads, opts):
+    """tools/train_net.py for one config and seed; continues an interrupted run."""
     if os.path.isfile(os.path.join(run_dir, "model_final.pth")):
         return 0.0
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", MODELS[model][0],
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config,
            "--keep-only-latest-checkpoint", "OUTPUT_DIR", run_dir, "SEED", str(seed)] + list(opts)
     if os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
         cmd.insert(2, "--resume")
@@ -298,16 +298,27 @@ def write_report(results_dir, data_paths):
 
 
 # --------------------------------------------------------------------------------------- main
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def comparison_parser(doc, models, default_models, folder, threads):
+    """The command line of a side-by-side benchmark (this one, contour_grouping.py); `opts` last."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per run (runs go one after another)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "output", "demo_compare"), help="training runs")
+    parser.add_argument("--models", nargs="+", default=list(default_models), choices=list(models))
+    parser.add_argument("--threads", type=int, default=threads, help="CPU threads per run")
+    parser.add_argument("--out", default=os.path.join(ROOT, "output", folder), help="training runs")
     parser.add_argument("--results", default=RESULTS, help="where the JSONs, table and picture go")
     parser.add_argument("--keep-models", action="store_true", help="keep each run's model_final.pth")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, KEY VALUE ...")
+    return parser
+
+
+def command_line(script, argv):
+    """The command as typed (for the report's provenance)."""
+    return f"python {script} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+
+def main(argv=None):
+    parser = comparison_parser(__doc__, MODELS, DEFAULT_MODELS, "demo_compare", threads=2)
     args = parser.parse_args(argv)
 
     import crbp_detectron  # noqa: F401
@@ -320,8 +331,7 @@ def main(argv=None):
     register_demo_datasets(progress=False)
     if not args.report_only:
         os.makedirs(os.path.join(args.results, "demo_compare"), exist_ok=True)
-        command = "python benchmarks/demo_compare.py " + " ".join(
-            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        command = command_line("benchmarks/demo_compare.py", argv)
         params = DemoParams()
         for seed in args.seeds:
             for model in args.models:  # alternating, so that a busier spell of the machine hits both
@@ -332,7 +342,7 @@ def main(argv=None):
                 info = machine_info("cpu")
                 info["torch threads"] = args.threads
                 load_start = info.pop("load average (1 min) at start", float("nan"))
-                seconds = train(model, seed, run_dir, args.threads, args.opts)
+                seconds = train(MODELS[model][0], seed, run_dir, args.threads, args.opts)
                 info["load average (1 min) at the start / end of training"] = f"{load_start} / {os.getloadavg()[0]:.1f}"
                 result = measure(model, seed, run_dir, args.threads, args.opts, data_paths)
                 result.update(command=command, machine=machine_line(info),

@@ -22,6 +22,8 @@ from .crbp.recurrence import IMPLICIT_STEPS, MODES
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 MODEL_ZOO_PREFIX = "model_zoo:"  # _BASE_: "model_zoo:COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml"
 CELL_TYPES = ("hgru", "convgru")
+MASK_HEAD_READOUTS = ("state", "state_and_features")  # CRBPMaskHead's readout input
+DICE_MASK_HEADS = ("CRBPMaskHead", "ConvUpsampleMaskHead")  # the heads that read MODEL.ROI_MASK_HEAD.DICE_WEIGHT
 CELL_NORMS = ("GN", "BN", "")
 FPN_LEVELS = ("p2", "p3", "p4", "p5")
 # Detectron2's get_norm names (detectron2.layers.get_norm; "" = none).
@@ -93,6 +95,14 @@ def add_crbp_config(cfg):
     # the paper). Narrower: a 1x1 conv projects the RoI features to the drive; a step costs
     # (STATE_CHANNELS / OUT_CHANNELS)^2 of the paper's.
     _C.MODEL.CRBP.MASK_HEAD.STATE_CHANNELS = 0
+    # What the upsampling readout sees: "state" (h*, the paper) or "state_and_features" (h* beside
+    # the RoI features, so that the state need not carry the fine position of what it groups).
+    _C.MODEL.CRBP.MASK_HEAD.READOUT = "state"
+
+    # Weight of a Dice term added to the mask heads' per-pixel cross-entropy (0: Detectron2's loss).
+    # Read by CRBPMaskHead and ConvUpsampleMaskHead (Detectron2's conv head with this loss); it keeps
+    # thin structures above 0.5 (modeling/mask_loss.py).
+    _C.MODEL.ROI_MASK_HEAD.DICE_WEIGHT = 0.0
 
     _C.MODEL.CRBP.FPN = CN()
     _C.MODEL.CRBP.FPN.LEVELS = ["p2", "p3", "p4", "p5"]  # FPN outputs made recurrent
@@ -378,12 +388,19 @@ def validate_crbp_config(cfg):
             _fail(pc + key, getattr(cell, key), "must be true or false")
     _check_choice(c.MASK_HEAD, "OUTPUT_NORM", DETECTRON2_NORMS, p + "MASK_HEAD.")
     _check_number(c.MASK_HEAD, "STATE_CHANNELS", p + "MASK_HEAD.", low=0, integer=True)
+    _check_choice(c.MASK_HEAD, "READOUT", MASK_HEAD_READOUTS, p + "MASK_HEAD.")
     widths = {"MODEL.FPN.OUT_CHANNELS": cfg.MODEL.FPN.OUT_CHANNELS}
     if c.MASK_HEAD.STATE_CHANNELS:
         widths[p + "MASK_HEAD.STATE_CHANNELS"] = c.MASK_HEAD.STATE_CHANNELS
     for key, channels in widths.items():
         if cell.NORM == "GN" and channels % min(cell.NUM_GROUPS, channels):
             _fail(pc + "NUM_GROUPS", cell.NUM_GROUPS, f"must divide the {channels} channels ({key})")
+    _check_number(cfg.MODEL.ROI_MASK_HEAD, "DICE_WEIGHT", "MODEL.ROI_MASK_HEAD.", low=0)
+    if cfg.MODEL.ROI_MASK_HEAD.DICE_WEIGHT and cfg.MODEL.ROI_MASK_HEAD.NAME not in DICE_MASK_HEADS:
+        _fail("MODEL.ROI_MASK_HEAD.DICE_WEIGHT", cfg.MODEL.ROI_MASK_HEAD.DICE_WEIGHT,
+              f"is read only by the mask heads {DICE_MASK_HEADS}, not by MODEL.ROI_MASK_HEAD.NAME = "
+              f"{cfg.MODEL.ROI_MASK_HEAD.NAME!r}: use ConvUpsampleMaskHead for Detectron2's conv head with this loss, "
+              "or set it to 0")
     levels = list(c.FPN.LEVELS)
     bad = [lv for lv in levels if lv not in FPN_LEVELS]
     if bad or not levels or len(set(levels)) != len(levels):

@@ -316,16 +316,19 @@ def setup(args, load=None, register=None):
 
 
 def register_datasets(cfg, metadata_only: bool = False):
-    """Registers (generating if needed) the project's demo datasets that the config names, and the
+    """Registers (generating if needed) the project's synthetic datasets (demo, contours) that the config names, and the
     user's COCO-format panoptic datasets of DATASETS.COCO_PANOPTIC (prepared and validated by the
     main process; `metadata_only`: registered for their categories, nothing written or checked).
     COCO's standard splits are registered by Detectron2 itself on import."""
     from .data.coco_panoptic import register_own_datasets
+    from .data.contours import CONTOURS, register_contour_datasets
     from .data.demo import DEMO_DATASETS, register_demo_datasets
 
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     if any(n.startswith(DEMO_DATASETS) for n in names):
         register_demo_datasets(progress=comm.is_main_process())
+    if any(n.startswith(CONTOURS.name + "_") for n in names):
+        register_contour_datasets(progress=comm.is_main_process())
     if cfg.DATASETS.COCO_PANOPTIC.NAMES:
         prepare = comm.is_main_process() and not metadata_only
         if prepare:

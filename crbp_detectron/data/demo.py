@@ -12,20 +12,15 @@ panoptic PNGs + JSON with `isthing` categories), plus the instances JSON and the
 Detectron2's separated loader needs, and registered with `register_coco_panoptic_separated` as
 `crbp_demo_train_separated` and `crbp_demo_val_separated`.
 """
-import fcntl
-import hashlib
-import json
 import os
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import cv2
 import numpy as np
-from panopticapi.utils import id2rgb
-from PIL import Image
 
-from .coco_panoptic import DatasetError, panoptic_to_instances, register_panoptic_separated, write_stuff_pngs
+from .synthetic import (SyntheticDataset, generate_synthetic_dataset, params_digest, register_synthetic_datasets,
+                        segment_record)
 
 VERSION = 4
 DEMO_DATASETS = ("crbp_demo_train", "crbp_demo_val")
@@ -62,12 +57,12 @@ class DemoParams:
     seed: int = 0
 
     def digest(self) -> str:
-        blob = json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True).encode()
-        return hashlib.sha1(blob).hexdigest()[:10]
+        return params_digest(DEMO, self)
 
 
-def default_root() -> str:
-    return os.environ.get("CRBP_DEMO_DIR", os.path.join(os.path.expanduser("~"), ".cache", "crbp_detectron", "demo"))
+def default_root(env: str = "CRBP_DEMO_DIR", name: str = "demo") -> str:
+    """Where a synthetic dataset is cached: $`env`, or ~/.cache/crbp_detectron/`name`."""
+    return os.environ.get(env, os.path.join(os.path.expanduser("~"), ".cache", "crbp_detectron", name))
 
 
 # ------------------------------------------------------------------------------ drawing
@@ -118,17 +113,20 @@ def _shape_polygon(rng, kind, size, center):
     return (pts @ rot.T + center).round().astype(np.int32)
 
 
-def _curve_path(rng, size, length, through=None):
-    """A smooth random curve of about `length` px (1-px steps, turning rate a clipped AR(1)),
-    grown both ways from `through` (default: a random central point); None if it leaves the image."""
-    margin = size / 32
+def _curve_path(rng, size, length, through=None, heading=None, split=0.5, turn_sd=0.01, max_turn=0.05,
+                margin=None):
+    """A smooth random curve of about `length` px (1-px steps, turning rate a clipped AR(1):
+    innovations `turn_sd`, at most `max_turn` rad/px), grown both ways from `through` (default: a
+    random central point) in direction `heading` (default: random), `split` of its length on the
+    heading's side; None if it comes within `margin` (default size/32) of the image's border."""
+    margin = size / 32 if margin is None else margin
     centre = np.asarray(through, np.float64) if through is not None else rng.uniform(0.25 * size, 0.75 * size, 2)
-    heading = rng.uniform(0, 2 * np.pi)
+    heading = rng.uniform(0, 2 * np.pi) if heading is None else heading
     halves = []
-    for start in (heading, heading + np.pi):
+    for start, part in ((heading, split), (heading + np.pi, 1 - split)):
         p, h, turn, pts = centre, start, 0.0, []
-        for _ in range(int(length / 2)):
-            turn = float(np.clip(0.9 * turn + rng.normal(0, 0.01), -0.05, 0.05))
+        for _ in range(int(length * part)):
+            turn = float(np.clip(0.9 * turn + rng.normal(0, turn_sd), -max_turn, max_turn))
             h += turn
             p = p + (np.cos(h), np.sin(h))
             pts.append(p)
@@ -137,24 +135,31 @@ def _curve_path(rng, size, length, through=None):
     return path if path.min() >= margin and path.max() <= size - 1 - margin else None
 
 
-def _dashed_curve_mask(rng, size, path):
-    """Dashes along `path`: size/10 wide (13 px at 128 px, round ends), centre lines size/8 long,
-    size/5 apart (about 13 px of visible gap at 128 px). Thinner dashes (5 px) were lost by the
-    mask head's 28 x 28 targets over a curve's box (~4 px a cell): no curve was segmented."""
-    dash, gap = size / 8, size / 5
-    thickness = max(1, round(size / 10))
-    mask = np.zeros((size, size), np.uint8)
+def dash_runs(rng, path, dash, gap):
+    """Index ranges [start, stop) of `path`'s points that are on: dashes of `dash` px of arc
+    every `dash + gap` px, at a random phase; runs of a single point are dropped."""
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
     on = (arc + rng.uniform(0, dash + gap)) % (dash + gap) < dash
-    fixed = np.round(path * 4).astype(np.int32)  # 2 fractional bits (cv2 shift=2)
-    start = None
+    runs, start = [], None
     for i, drawn in enumerate(np.append(on, False)):
         if drawn and start is None:
             start = i
         elif not drawn and start is not None:
             if i - start > 1:
-                cv2.polylines(mask, [fixed[start:i]], False, 1, thickness=thickness, shift=2)
+                runs.append((start, i))
             start = None
+    return runs
+
+
+def _dashed_curve_mask(rng, size, path):
+    """Dashes along `path`: size/10 wide (13 px at 128 px, round ends), centre lines size/8 long,
+    size/5 apart (about 13 px of visible gap at 128 px). Thinner dashes (5 px) were lost by the
+    mask head's 28 x 28 targets over a curve's box (~4 px a cell): no curve was segmented."""
+    thickness = max(1, round(size / 10))
+    mask = np.zeros((size, size), np.uint8)
+    fixed = np.round(path * 4).astype(np.int32)  # 2 fractional bits (cv2 shift=2)
+    for start, stop in dash_runs(rng, path, size / 8, size / 5):
+        cv2.polylines(mask, [fixed[start:stop]], False, 1, thickness=thickness, shift=2)
     return mask.astype(bool)
 
 
@@ -181,13 +186,19 @@ def _thing_colour(rng, kind):
     return np.asarray(THINGS[kind]["color"], np.float64) + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, 3)
 
 
-def render_image(rng, params: DemoParams):
-    """One image: RGB uint8, segment id map (int64) and segments_info."""
-    size = params.image_size
+def stuff_background(rng, size):
+    """(stuff label map, float RGB image of the textured stuff regions)."""
     stuff = _stuff_layout(rng, size)
     image = np.zeros((size, size, 3), np.float32)
     for kind in np.unique(stuff):
         image[stuff == kind] = _stuff_texture(rng, kind, size)[stuff == kind]
+    return stuff, image
+
+
+def render_image(rng, params: DemoParams):
+    """One image: RGB uint8, segment id map (int64) and segments_info."""
+    size = params.image_size
+    stuff, image = stuff_background(rng, size)
 
     kinds = [int(rng.integers(CURVE)) for _ in range(rng.integers(1, params.max_objects + 1))]
     kinds += [CURVE] * int(rng.integers(0, params.max_curves + 1))
@@ -217,13 +228,10 @@ def render_image(rng, params: DemoParams):
     segments = []
 
     def add(segment_id, category, mask):
-        ys, xs = np.nonzero(mask)
-        if len(xs) == 0:
-            return
-        ids[mask] = segment_id
-        x0, y0 = int(xs.min()), int(ys.min())
-        segments.append({"id": segment_id, "category_id": category["id"], "iscrowd": 0, "area": int(mask.sum()),
-                         "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]})
+        record = segment_record(segment_id, category["id"], mask)
+        if record is not None:
+            ids[mask] = segment_id
+            segments.append(record)
 
     occupied = np.zeros((size, size), bool)
     for i, (kind, _, visible) in enumerate(things):
@@ -235,84 +243,20 @@ def render_image(rng, params: DemoParams):
 
 
 # ------------------------------------------------------------------------------ writing
-def _split_paths(root, split):
-    d = os.path.join(root, split)
-    return dict(image_root=os.path.join(d, "images"), panoptic_root=os.path.join(d, "panoptic"),
-                panoptic_json=os.path.join(d, "panoptic.json"), sem_seg_root=os.path.join(d, "stuff"),
-                instances_json=os.path.join(d, "instances.json"))
-
-
-def _write_split(root, split, count, params: DemoParams, progress: bool):
-    from tqdm import tqdm
-
-    paths = _split_paths(root, split)
-    for key in ("image_root", "panoptic_root"):
-        os.makedirs(paths[key], exist_ok=True)
-    images, annotations = [], []
-    split_seed = {"train": 1, "val": 2}[split]
-    for idx in tqdm(range(count), desc=f"demo {split}", unit="img", disable=not progress):
-        rng = np.random.default_rng([params.seed, split_seed, idx])
-        image, ids, segments = render_image(rng, params)
-        image_id = idx + 1
-        name = f"{split}_{image_id:06d}"
-        Image.fromarray(image).save(os.path.join(paths["image_root"], name + ".jpg"), quality=95)
-        Image.fromarray(id2rgb(ids)).save(os.path.join(paths["panoptic_root"], name + ".png"))
-        images.append({"id": image_id, "file_name": name + ".jpg", "height": image.shape[0], "width": image.shape[1]})
-        annotations.append({"image_id": image_id, "file_name": name + ".png", "segments_info": segments})
-    with open(paths["panoptic_json"], "w") as f:
-        json.dump({"info": {"description": f"crbp-detectron demo v{VERSION}"}, "images": images,
-                   "annotations": annotations, "categories": CATEGORIES}, f)
-    panoptic_to_instances(paths["panoptic_json"], paths["panoptic_root"], paths["instances_json"])
-    write_stuff_pngs(paths["panoptic_json"], paths["panoptic_root"], paths["sem_seg_root"], workers=1, progress=False)
-    return paths
+DEMO = SyntheticDataset(
+    name="crbp_demo", version=VERSION, description="crbp-detectron demo", label="demo", env="CRBP_DEMO_DIR",
+    categories=CATEGORIES,
+    splits=(("train", "train_images", 1), ("val", "val_images", 2)),
+    render=lambda rng, params: render_image(rng, params) + (None,))
 
 
 def generate_demo_dataset(root: Optional[str] = None, params: DemoParams = DemoParams(), progress: bool = True,
                           force: bool = False) -> Dict[str, dict]:
     """Writes the dataset under `root` (default: $CRBP_DEMO_DIR or ~/.cache/crbp_detectron/demo)
     unless a complete copy with the same version and parameters is there. Returns the paths."""
-    root = root or default_root()
-    try:
-        os.makedirs(root, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        named = f"CRBP_DEMO_DIR = {root!r}" if root == os.environ.get("CRBP_DEMO_DIR") else repr(root)
-        raise DatasetError(f"{named}: not a folder (a file is in the way); the demo data cache must be a folder, "
-                           "created if missing") from None
-    with open(os.path.join(root, ".lock"), "w") as lock:  # one writer at a time (several ranks)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _generate_locked(root, params, progress, force)
-
-
-def _generate_locked(root, params, progress, force):
-    manifest_path = os.path.join(root, "manifest.json")
-    manifest = {"version": VERSION, "params": asdict(params), "digest": params.digest()}
-    if not force and os.path.isfile(manifest_path):
-        try:
-            with open(manifest_path) as f:
-                complete = json.load(f) == manifest
-        except (ValueError, UnicodeDecodeError) as e:  # its files may be someone's: never deleted unasked
-            raise DatasetError(f"{manifest_path}: damaged demo dataset manifest (not valid JSON: {e}); delete "
-                               f"{root} to have the demo data generated again, or set CRBP_DEMO_DIR to another "
-                               "folder") from None
-        if complete:
-            return {split: _split_paths(root, split) for split in ("train", "val")}
-    if os.path.isdir(root):
-        for split in ("train", "val"):
-            shutil.rmtree(os.path.join(root, split), ignore_errors=True)
-        if os.path.exists(manifest_path):
-            os.remove(manifest_path)
-    os.makedirs(root, exist_ok=True)
-    out = {"train": _write_split(root, "train", params.train_images, params, progress),
-           "val": _write_split(root, "val", params.val_images, params, progress)}
-    with open(manifest_path, "w") as f:  # written last: its presence means the copy is complete
-        json.dump(manifest, f, indent=1)
-    return out
+    return generate_synthetic_dataset(DEMO, root or default_root(), params, progress, force)
 
 
 def register_demo_datasets(root: Optional[str] = None, params: DemoParams = DemoParams(), progress: bool = True):
     """Generates the dataset if needed and registers crbp_demo_{train,val}_separated."""
-    paths = generate_demo_dataset(root, params, progress)
-    names = []
-    for split, base in zip(("train", "val"), DEMO_DATASETS):
-        names += register_panoptic_separated(base, **paths[split])  # validated: cheap at this size
-    return names
+    return register_synthetic_datasets(DEMO, root or default_root(), params, progress)

@@ -1,7 +1,8 @@
-"""Detectron2 components, registered on import: CRBPMaskHead (ROI_MASK_HEAD_REGISTRY),
+"""Detectron2 components, registered on import: CRBPMaskHead and ConvUpsampleMaskHead (ROI_MASK_HEAD_REGISTRY),
 build_resnet_crbp_fpn_backbone (BACKBONE_REGISTRY), CRBPPanopticFPN and CRBPGeneralizedRCNN
 (META_ARCH_REGISTRY)."""
 from .blocks import build_cell, build_recurrence, cell_kwargs_from_cfg, recurrence_kwargs_from_cfg
+from .conv_mask_head import ConvUpsampleMaskHead
 from .fpn import CRBPFPN, build_resnet_crbp_fpn_backbone
 from .mask_head import CRBPMaskHead
 from .meta_arch import CRBPGeneralizedRCNN, CRBPPanopticFPN, RecurrenceLossMixin, RecurrentBlockDivergence

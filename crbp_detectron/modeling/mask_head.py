@@ -9,21 +9,25 @@ import fvcore.nn.weight_init as weight_init
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, get_norm
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
+import torch
 from torch import nn
 
+from ..config import MASK_HEAD_READOUTS
 from .blocks import build_recurrence, cell_kwargs_from_cfg, default_block_kwargs, recurrence_kwargs_from_cfg
+from .mask_loss import MaskLossMixin
 from .meta_arch import require_collecting_meta_architecture
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
-class CRBPMaskHead(BaseMaskRCNNHead):
+class CRBPMaskHead(MaskLossMixin, BaseMaskRCNNHead):
     """RoI features (-> 1x1 projection, with a narrower state) = the cell's drive x -> recurrent
     block h* -> norm -> ReLU -> 2x deconv -> ReLU -> 1x1 predictor. Trained in MODEL.CRBP.MODE;
     its penalty and statistics are collected by the C-RBP meta-architectures."""
 
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, num_classes: int, recurrence: Optional[nn.Module] = None,
-                 output_norm: str = "BN", deconv_dim: int = 256, state_channels: int = 0, **kwargs):
+                 output_norm: str = "BN", deconv_dim: int = 256, state_channels: int = 0, readout: str = "state",
+                 dice_weight: float = 0.0, **kwargs):
         """
         Args:
             input_shape: shape of the RoI features.
@@ -36,9 +40,15 @@ class CRBPMaskHead(BaseMaskRCNNHead):
             deconv_dim: channels of the upsampling deconvolution.
             state_channels: channels of the recurrent state; 0 = input_shape.channels (the paper,
                 no projection), otherwise a 1x1 conv projects the RoI features to this many.
+            readout: what the deconv sees: "state" (h*, the paper) or "state_and_features" (h*
+                concatenated with the RoI features, each through its own output norm).
+            dice_weight: weight of a Dice term added to the mask cross-entropy (mask_loss.py).
             kwargs: BaseMaskRCNNHead's (loss_weight, vis_period).
         """
         super().__init__(**kwargs)
+        self.dice_weight = dice_weight
+        if readout not in MASK_HEAD_READOUTS:
+            raise ValueError(f"readout must be one of {MASK_HEAD_READOUTS}, got {readout!r}")
         if state_channels < 0:
             raise ValueError(f"state_channels must be >= 0 (0: the RoI features' channels), got {state_channels}")
         channels = state_channels or input_shape.channels
@@ -51,7 +61,12 @@ class CRBPMaskHead(BaseMaskRCNNHead):
             recurrence = build_recurrence(channels, cell_kwargs=cell_kwargs, **recurrence_kwargs)
         self.recurrence = recurrence
         self.output_norm = get_norm(output_norm, channels) or nn.Identity()
-        self.deconv = ConvTranspose2d(channels, deconv_dim, kernel_size=2, stride=2, padding=0)
+        self.features_norm = None
+        readout_channels = channels
+        if readout == "state_and_features":
+            self.features_norm = get_norm(output_norm, input_shape.channels) or nn.Identity()
+            readout_channels += input_shape.channels
+        self.deconv = ConvTranspose2d(readout_channels, deconv_dim, kernel_size=2, stride=2, padding=0)
         self.predictor = Conv2d(deconv_dim, num_classes, kernel_size=1)
         weight_init.c2_msra_fill(self.deconv)
         nn.init.normal_(self.predictor.weight, std=0.001)
@@ -71,10 +86,13 @@ class CRBPMaskHead(BaseMaskRCNNHead):
             output_norm=cfg.MODEL.CRBP.MASK_HEAD.OUTPUT_NORM,
             deconv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
             state_channels=state_channels,
+            readout=cfg.MODEL.CRBP.MASK_HEAD.READOUT,
+            dice_weight=cfg.MODEL.ROI_MASK_HEAD.DICE_WEIGHT,
         )
         return ret
 
     def layers(self, x):
-        h = self.recurrence(x if self.drive is None else self.drive(x))
-        h = nn.functional.relu(self.output_norm(h))
+        h = nn.functional.relu(self.output_norm(self.recurrence(x if self.drive is None else self.drive(x))))
+        if self.features_norm is not None:
+            h = torch.cat([h, nn.functional.relu(self.features_norm(x))], dim=1)
         return self.predictor(nn.functional.relu(self.deconv(h)))

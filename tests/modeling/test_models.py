@@ -22,7 +22,7 @@ DETECTRON2_CONFIGS = sorted(
     os.path.relpath(p, CONFIG_DIR) for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
     if "pathfinder" not in os.path.relpath(p, CONFIG_DIR).split(os.sep))
 # Detectron2's own model on a project dataset: the baseline that the C-RBP one is compared with.
-FEED_FORWARD_CONFIGS = ("demo/panoptic_fpn_demo.yaml",)
+FEED_FORWARD_CONFIGS = ("demo/panoptic_fpn_demo.yaml", "contours/panoptic_fpn_contours.yaml")
 
 
 def trainable(module):
@@ -109,7 +109,7 @@ def test_configs_equal_the_model_zoo_outside_crbp_keys():
     for ours in DETECTRON2_CONFIGS:
         base = os.path.basename(ours)
         zoo_name = pairs.get(base, "panoptic_fpn_R_50_1x.yaml")
-        if "demo" in ours:
+        if "demo" in ours or "contours" in ours:
             continue
         a = strip(load_config(ours))
         b = strip(load_config("model_zoo:COCO-PanopticSegmentation/" + zoo_name))

@@ -107,10 +107,15 @@ class Strokes:
         """Whether new strokes a-b ([m, 2]) of path `path` keep `clearance` blank pixels from
         every stroke of the other paths. Footprints (coverage > 0) reach radius + 0.5 from a
         centre line, so two strokes must be radius_1 + radius_2 + 1 + clearance apart."""
+        return bool(self.fits_each(a, b, radius, path, clearance).all())
+
+    def fits_each(self, a, b, radius, path, clearance) -> np.ndarray:
+        """`fits` for each new stroke on its own: a bool per stroke."""
+        a, b = np.atleast_2d(a), np.atleast_2d(b)
+        ok = np.ones(len(a), bool)
         other = self.path != path
         if not other.any():
-            return True
-        a, b = np.atleast_2d(a), np.atleast_2d(b)
+            return ok
         c, d, radii = self.a[other], self.b[other], self.radius[other]
         reach = radii[None, :] + np.broadcast_to(np.asarray(radius, float), (len(a),))[:, None] + 1.0 + clearance
         # Bounding-box prefilter, then exact distances for the pairs that come near.
@@ -118,8 +123,8 @@ class Strokes:
         lo2, hi2 = np.minimum(c, d)[None], np.maximum(c, d)[None]
         near = ((lo2 - reach[..., None] <= hi1) & (hi2 + reach[..., None] >= lo1)).all(-1)
         if not near.any():
-            return True
+            return ok
         i, j = np.nonzero(near)
-        dist = segment_distance(a[i], b[i], c[j], d[j])
-        return bool(np.all(dist >= reach[i, j]))
-
+        too_close = segment_distance(a[i], b[i], c[j], d[j]) < reach[i, j]
+        ok[i[too_close]] = False
+        return ok

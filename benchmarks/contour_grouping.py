@@ -1,0 +1,494 @@
+#!/usr/bin/env python
+"""The contour-grouping benchmark: does a recurrent mask head group what a feed-forward one cannot?
+
+Data: crbp_detectron/data/contours.py (thin dashed contours in one colour, most crossing another
+near its middle, among the demo's shapes and stuff). Every model is trained with
+tools/train_net.py on the train split with the same schedule and seeds, then measured on the
+test split (tuning used the val split only):
+
+- grouping bounds of the data (no model): the resolution bound (each ground-truth mask cropped to
+  its box at the mask head's resolution, as Detectron2 makes mask targets, and pasted back as it
+  pastes predictions) and the non-grouping bound (every contour pixel inside the ground-truth
+  box taken as the mask), for crossing and for single contours;
+- mask IoU with oracle boxes: ground-truth boxes and classes go into the mask head (detection
+  out of the way), the mask is pasted at the image's size and thresholded at 0.5 as in inference;
+- probability on own vs crossing dashes: the mean mask probability on the instance's own pixels
+  and on other contours' pixels inside its box;
+- detection recall: ground-truth instances with a detection of their class at box IoU >= 0.5 and
+  score >= the panoptic confidence threshold;
+- PQ, PQ per class (Detectron2's COCO panoptic evaluator), box AP;
+- training memory (bytes autograd saves in one training forward on the same batch), seconds per
+  training iteration.
+
+    python benchmarks/contour_grouping.py --bounds                  # the data's bounds only
+    python benchmarks/contour_grouping.py --models feedforward crbp --seeds 0 1 2 --threads 1
+    python benchmarks/contour_grouping.py --report-only             # table + picture from the JSONs
+
+One JSON per run under benchmarks/results/contour_grouping/ (a finished run is not trained
+again), bounds.json beside them; the report (contour_grouping.md, contour_grouping.png) is rebuilt
+from those files alone.
+"""
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.demo_compare import (_rle, command_line, comparison_parser, mean_std, panoptic_results,  # noqa: E402
+                                     seconds_per_iteration, train)
+from benchmarks.machine import machine_info, machine_line  # noqa: E402
+from crbp_detectron.tables import markdown_table  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+FOLDER = "contour_grouping"
+MODELS = {  # name: (config, label)
+    "feedforward": ("contours/panoptic_fpn_contours.yaml", "Panoptic FPN (feed-forward)"),
+    "crbp": ("contours/panoptic_crbp_contours.yaml", "C-RBP Panoptic FPN"),
+    "crbp_state8": ("contours/panoptic_crbp_state8_contours.yaml", "C-RBP Panoptic FPN, 8-channel state"),
+}
+DEFAULT_MODELS = tuple(MODELS)
+SPLIT = "test"
+GROUPS = ("crossing", "single")
+PICTURE_INSTANCES = 6
+TEST_OPTS = ["DATASETS.TEST", f"('crbp_contours_{SPLIT}_separated',)"]  # every run is evaluated on the test split
+
+
+def run_json(results_dir, model, seed):
+    return os.path.join(results_dir, FOLDER, f"{model}_seed{seed}.json")
+
+
+# ----------------------------------------------------------------------------- the data's side
+def split_images(paths):
+    """Per annotated image: its files and things, contours marked crossing or not.
+
+    Yields {"file_name", "image_path", "ids", "things": [{"id", "category_id", "box" (XYXY,
+    pixel edges), "crossing" (contours: bool; other things: None)}]}."""
+    from crbp_detectron.data.coco_panoptic import read_panoptic_png
+    from crbp_detectron.data.contours import CONTOUR_CATEGORY
+
+    with open(paths["panoptic_json"]) as f:
+        panoptic = json.load(f)
+    with open(paths["extra_json"]) as f:
+        crossings = {e["image_id"]: {c["id"]: bool(c["crosses"]) for c in e["contours"]} for e in json.load(f)["images"]}
+    isthing = {c["id"]: c["isthing"] for c in panoptic["categories"]}
+    files = {im["id"]: im["file_name"] for im in panoptic["images"]}
+    for ann in panoptic["annotations"]:
+        ids = read_panoptic_png(os.path.join(paths["panoptic_root"], ann["file_name"]))
+        things = []
+        for seg in ann["segments_info"]:
+            if not isthing[seg["category_id"]]:
+                continue
+            x, y, w, h = seg["bbox"]
+            contour = seg["category_id"] == CONTOUR_CATEGORY["id"]
+            things.append({"id": seg["id"], "category_id": seg["category_id"], "box": [x, y, x + w, y + h],
+                           "crossing": crossings[ann["image_id"]][seg["id"]] if contour else None})
+        yield {"image_id": ann["image_id"], "file_name": files[ann["image_id"]],
+               "image_path": os.path.join(paths["image_root"], files[ann["image_id"]]), "ids": ids, "things": things}
+
+
+def box_region(box, shape):
+    """Pixels whose centres lie inside an XYXY box given by pixel edges."""
+    region = np.zeros(shape, bool)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    region[max(y0, 0):y1, max(x0, 0):x1] = True
+    return region
+
+
+def iou(a, b):
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def contour_instances(image):
+    """(contours, their masks [N, H, W], every contour pixel of the image)."""
+    contours = [t for t in image["things"] if t["crossing"] is not None]
+    masks = np.stack([image["ids"] == t["id"] for t in contours]) if contours else np.zeros((0,) + image["ids"].shape, bool)
+    return contours, masks, masks.any(0)
+
+
+def grouping_bounds(paths, mask_size: int) -> dict:
+    """Per contour of the split: the resolution bound and the non-grouping bound (see the module's
+    docstring). Returns {group: {"n", "resolution_bound", "non_grouping_bound"}} (means) and
+    "all"."""
+    from detectron2.layers.mask_ops import paste_masks_in_image
+    from detectron2.structures import BitMasks, Boxes
+
+    values = {g: {"resolution_bound": [], "non_grouping_bound": []} for g in GROUPS}
+    for image in split_images(paths):
+        contours, masks, every = contour_instances(image)
+        if not contours:
+            continue
+        boxes = torch.tensor([t["box"] for t in contours], dtype=torch.float32)
+        targets = BitMasks(torch.from_numpy(masks)).crop_and_resize(boxes, mask_size).float()
+        pasted = paste_masks_in_image(targets, Boxes(boxes), masks.shape[1:], threshold=0.5).numpy()
+        for t, mask, back in zip(contours, masks, pasted):
+            group = values["crossing" if t["crossing"] else "single"]
+            group["resolution_bound"].append(iou(back, mask))
+            group["non_grouping_bound"].append(iou(every & box_region(t["box"], mask.shape), mask))
+    out = {g: {"n": len(v["resolution_bound"]), **{k: float(np.mean(x)) if x else None for k, x in v.items()}}
+           for g, v in values.items()}
+    both = {k: values["crossing"][k] + values["single"][k] for k in ("resolution_bound", "non_grouping_bound")}
+    out["all"] = {"n": len(both["resolution_bound"]), **{k: float(np.mean(x)) for k, x in both.items()}}
+    return out
+
+
+# ---------------------------------------------------------------------------- the model's side
+def _model_input(cfg, rgb):
+    from detectron2.data import transforms as T
+
+    height, width = rgb.shape[:2]
+    transform = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST).get_transform(rgb)
+    image = transform.apply_image(rgb[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else rgb)
+    scale = (image.shape[1] / width, image.shape[0] / height)
+    tensor = torch.as_tensor(np.ascontiguousarray(image).astype("float32").transpose(2, 0, 1))
+    return {"image": tensor, "height": height, "width": width}, scale
+
+
+@torch.no_grad()
+def oracle_mask_probabilities(model, cfg, rgb, boxes, classes):
+    """The mask head's masks and probabilities [N, H, W] for ground-truth boxes (XYXY, image pixels)
+    and contiguous classes, pasted at the image's size as Detectron2 pastes predictions: the masks
+    thresholded at 0.5 exactly as in inference, the probabilities to 1/255."""
+    from detectron2.structures import Boxes, Instances
+
+    inputs, (sx, sy) = _model_input(cfg, rgb)
+    images = model.preprocess_image([inputs])
+    features = model.backbone(images.tensor)
+    given = Instances(images.image_sizes[0])
+    scaled = torch.tensor(boxes, dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
+    given.pred_boxes = Boxes(scaled)
+    given.pred_classes = torch.as_tensor(classes, dtype=torch.int64)
+    out = model.roi_heads.forward_with_given_boxes(features, [given])[0]
+    return pasted(out.pred_masks[:, 0], boxes, rgb.shape[:2])
+
+
+def pasted(mask_probabilities, boxes, shape):
+    """RoI mask probabilities [N, M, M] pasted into boxes (XYXY, image pixels) of an image of
+    `shape`: (masks thresholded at 0.5 exactly as Detectron2's inference does, probabilities to 1/255)."""
+    from detectron2.layers.mask_ops import paste_masks_in_image
+    from detectron2.structures import Boxes
+
+    image_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    masks = paste_masks_in_image(mask_probabilities, image_boxes, shape, threshold=0.5)
+    probs = paste_masks_in_image(mask_probabilities, image_boxes, shape, threshold=-1)  # x 255, uint8
+    return masks.numpy(), probs.float().numpy() / 255.0
+
+
+def box_iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def measure_grouping(predictor, paths, picture_keys=()):
+    """Per ground-truth thing of the split: oracle-box mask IoU, own / crossing-dash probability
+    (contours), detected or not. Returns (instances, pictures): instances a list of dicts,
+    pictures {key: oracle mask as RLE} for the (image_id, segment id) keys asked for."""
+    from crbp_detectron.inference import read_image_rgb
+
+    cfg, model = predictor.cfg, predictor.model
+    to_contiguous = predictor.metadata.thing_dataset_id_to_contiguous_id
+    threshold = cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH
+    instances, pictures = [], {}
+    for image in split_images(paths):
+        if not image["things"]:
+            continue
+        rgb = read_image_rgb(image["image_path"])
+        boxes = [t["box"] for t in image["things"]]
+        classes = [to_contiguous[t["category_id"]] for t in image["things"]]
+        masks, probs = oracle_mask_probabilities(model, cfg, rgb, boxes, classes)
+        detections = predictor(rgb)["instances"].to("cpu")
+        keep = detections.scores >= threshold
+        det_boxes = detections.pred_boxes.tensor[keep].tolist()
+        det_classes = detections.pred_classes[keep].tolist()
+        _, _, every_contour = contour_instances(image)
+        for t, predicted, prob, cls in zip(image["things"], masks, probs, classes):
+            mask = image["ids"] == t["id"]
+            record = {"image_id": image["image_id"], "id": t["id"], "category_id": t["category_id"],
+                      "crossing": t["crossing"], "mask_iou": iou(predicted, mask),
+                      "detected": any(c == cls and box_iou(b, t["box"]) >= 0.5 for b, c in zip(det_boxes, det_classes))}
+            if t["crossing"] is not None:
+                others = every_contour & ~mask & box_region(t["box"], mask.shape)
+                record["own_probability"] = float(prob[mask].mean())
+                record["other_probability"] = float(prob[others].mean()) if others.any() else None
+            instances.append(record)
+            if (image["image_id"], t["id"]) in picture_keys:
+                pictures[f"{image['image_id']}/{t['id']}"] = _rle(predicted)
+    return instances, pictures
+
+
+def picture_instances(paths, count=PICTURE_INSTANCES):
+    """The crossing contours shown in the picture: the first `count` of the split, one per image."""
+    keys = []
+    for image in split_images(paths):
+        crossing = [t for t in image["things"] if t["crossing"]]
+        if crossing:
+            keys.append((image["image_id"], crossing[0]["id"]))
+        if len(keys) == count:
+            break
+    return keys
+
+
+def summarise(instances, contour_id):
+    """Means per group of the per-instance measurements."""
+    out = {}
+    groups = {g: [r for r in instances if r["crossing"] is (g == "crossing")] for g in GROUPS}
+    groups["shapes"] = [r for r in instances if r["category_id"] != contour_id]
+    for name, rows in groups.items():
+        if not rows:
+            continue
+        out[name] = {"n": len(rows), "mask_iou": float(np.mean([r["mask_iou"] for r in rows])),
+                     "detection_recall": float(np.mean([r["detected"] for r in rows]))}
+        for key in ("own_probability", "other_probability"):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            if vals:
+                out[name][key] = float(np.mean(vals))
+    return out
+
+
+def measure(model_name, seed, run_dir, threads, opts, paths):
+    from detectron2.utils.events import EventStorage
+
+    from crbp_detectron.config import load_config
+    from crbp_detectron.crbp.memory import saved_bytes
+    from crbp_detectron.data.contours import CONTOUR_CATEGORY
+    from crbp_detectron.engine import Trainer as CRBPTrainer
+    from crbp_detectron.engine import register_datasets
+    from crbp_detectron.inference import Predictor
+
+    torch.set_num_threads(threads)
+    cfg = load_config(MODELS[model_name][0], ["OUTPUT_DIR", run_dir, "SEED", str(seed)] + TEST_OPTS + list(opts)
+                      + ["DATALOADER.NUM_WORKERS", "0", "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth")])
+    register_datasets(cfg)
+    predictor = Predictor(cfg)
+    model = predictor.model
+    metrics_json = os.path.join(run_dir, "metrics.json")
+    instances, pictures = measure_grouping(predictor, paths[SPLIT], set(picture_instances(paths[SPLIT])))
+    result = {"model": model_name, "label": MODELS[model_name][1], "config": MODELS[model_name][0], "seed": seed,
+              "opts": list(opts), "threads": threads, "iterations": cfg.SOLVER.MAX_ITER,
+              "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "split": SPLIT, "evaluation": panoptic_results(metrics_json),
+              "seconds_per_iteration": seconds_per_iteration(metrics_json),
+              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "grouping": summarise(instances, CONTOUR_CATEGORY["id"]), "instances": instances, "pictures": pictures}
+    loader_cfg = cfg.clone()  # training memory: the same first batch (sampler seed 0) for every model and seed
+    loader_cfg.defrost()
+    loader_cfg.SEED = 0
+    batch = next(iter(CRBPTrainer.build_train_loader(loader_cfg)))
+    model.train()
+    torch.manual_seed(0)
+    with EventStorage(0):
+        nbytes, losses = saved_bytes(lambda: sum(model(batch).values()), exclude=list(model.parameters()))
+    del losses
+    result["saved_for_backward_bytes"] = nbytes
+    model.eval()
+    return result
+
+
+# ------------------------------------------------------------------------------------- report
+def load_runs(results_dir):
+    folder = os.path.join(results_dir, FOLDER)
+    runs = {m: [] for m in MODELS}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(".json") and name != "bounds.json":
+            with open(os.path.join(folder, name)) as f:
+                run = json.load(f)
+            runs[run["model"]].append(run)
+    return {m: sorted(r, key=lambda run: run["seed"]) for m, r in runs.items() if r}
+
+
+def report_tables(runs, bounds):
+    g = lambda run, group, key, scale=100: (run["grouping"].get(group, {}).get(key) or float("nan")) * scale  # noqa: E731
+    ev = lambda run, key: run["evaluation"].get(f"panoptic_seg/{key}")  # noqa: E731
+    rows = []
+    for model, model_runs in runs.items():
+        rows.append([MODELS[model][1], ", ".join(str(r["seed"]) for r in model_runs)]
+                    + [mean_std([g(r, grp, "mask_iou") for r in model_runs]) for grp in GROUPS]
+                    + [mean_std([g(r, "crossing", k) for r in model_runs]) for k in ("own_probability", "other_probability")]
+                    + [mean_std([g(r, grp, "detection_recall") for r in model_runs]) for grp in GROUPS]
+                    + [mean_std([ev(r, k) for r in model_runs]) for k in ("PQ/contour", "PQ", "PQ_th", "PQ_st")])
+    main = markdown_table(
+        ["model", "seeds", "oracle-box mask IoU, crossing", "oracle-box mask IoU, single",
+         "probability on own dashes (crossing)", "probability on crossing dashes", "detection recall, crossing",
+         "detection recall, single", "PQ contour", "PQ", "PQ_th", "PQ_st"], rows)
+    cost = markdown_table(
+        ["model", "trainable parameters", "saved for backward (MiB)", "s / training iteration",
+         "training iterations", "training wall time (min)"],
+        [[MODELS[m][1], f"{rs[0]['trainable_parameters']:,}", f"{rs[0]['saved_for_backward_bytes'] / 2**20:.1f}",
+          mean_std([r["seconds_per_iteration"] for r in rs], 2), str(rs[0]["iterations"]),
+          mean_std([r["training_wall_seconds"] / 60 or float("nan") for r in rs], 0)] for m, rs in runs.items()])
+    from crbp_detectron.data.contours import CATEGORIES
+
+    per_class = markdown_table(["class"] + [MODELS[m][1] for m in runs],
+                               [[c["name"]] + [mean_std([ev(r, f"PQ/{c['name']}") for r in rs]) for rs in runs.values()]
+                                for c in CATEGORIES])
+    bound_rows = [[split, grp, str(b[grp]["n"]), f"{100 * b[grp]['resolution_bound']:.1f}",
+                   f"{100 * b[grp]['non_grouping_bound']:.1f}"]
+                  for split, b in sorted(bounds["splits"].items()) for grp in GROUPS + ("all",) if b[grp]["n"]]
+    bound_table = markdown_table(["split", "contours", "instances", "resolution bound (mask IoU)",
+                                  "non-grouping bound (mask IoU)"], bound_rows)
+    return main, cost, per_class, bound_table
+
+
+def write_picture(runs, paths, path):
+    """Crossing contours with their ground-truth box: each model's oracle-box mask (first seed),
+    coloured by whose pixels it covers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pycocotools import mask as mask_util
+
+    from crbp_detectron.inference import read_image_rgb
+
+    shown = {m: rs[0] for m, rs in runs.items()}
+    keys = sorted(next(iter(shown.values()))["pictures"], key=lambda k: tuple(map(int, k.split("/"))))
+    images = {im["image_id"]: im for im in split_images(paths)}
+    columns = ["input and box", "ground truth"] + [f"{MODELS[m][1]}\n(seed {r['seed']})" for m, r in shown.items()]
+    fig, axes = plt.subplots(len(keys), len(columns), figsize=(2.6 * len(columns), 2.7 * len(keys)), squeeze=False)
+    for row, key in enumerate(keys):
+        image_id, segment = map(int, key.split("/"))
+        image = images[image_id]
+        thing = next(t for t in image["things"] if t["id"] == segment)
+        rgb = read_image_rgb(image["image_path"])
+        own = image["ids"] == segment
+        _, _, every = contour_instances(image)
+        other = every & ~own
+
+        def colour(mask):
+            out = (0.25 * rgb).astype(np.uint8)
+            out[other] = (90, 90, 90)
+            out[own] = (200, 200, 200)
+            out[mask & own] = (40, 200, 60)  # on the instance's own dashes
+            out[mask & other] = (230, 40, 40)  # on another contour's dashes
+            out[mask & ~every] = (240, 200, 30)  # on nothing
+            return out
+
+        panels = [rgb, colour(own)]
+        for run in shown.values():
+            rle = run["pictures"][key]
+            panels.append(colour(mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)))
+        x0, y0, x1, y1 = thing["box"]
+        for col, panel in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(panel, interpolation="nearest")
+            ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="cyan", lw=1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(columns[col], fontsize=9)
+    fig.text(0.5, 0.005, "green: predicted on the instance's own dashes; red: on another contour's dashes; "
+             "yellow: on background; light grey: own dashes missed; dark grey: other contours", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_report(results_dir, paths):
+    runs = load_runs(results_dir)
+    bounds_path = os.path.join(results_dir, FOLDER, "bounds.json")
+    if not runs or not os.path.isfile(bounds_path):
+        raise FileNotFoundError(f"no run results or bounds.json under {os.path.join(results_dir, FOLDER)}: "
+                                "run without --report-only")
+    with open(bounds_path) as f:
+        bounds = json.load(f)
+    main, cost, per_class, bound_table = report_tables(runs, bounds)
+    write_picture(runs, paths[SPLIT], os.path.join(results_dir, "contour_grouping.png"))
+    all_runs = [r for rs in runs.values() for r in rs]
+    commands = sorted({r["command"] for r in all_runs} | {bounds["command"]})
+    lines = [
+        "# Contour grouping: feed-forward and recurrent mask heads on contours that only continuity tells apart", "",
+        "Produced by (one command per line when the runs were made by several):", "", "```", *commands, "```", "",
+        f"(`--report-only` rebuilds this file and the picture from `{FOLDER}/`.)", "",
+        f"Data: `crbp_detectron/data/contours.py` ({bounds['data']}). Every model: the same train split, "
+        f"{all_runs[0]['iterations']} iterations of batch {all_runs[0]['ims_per_batch']}, the same seeds (the seed sets "
+        f"the initial weights and the data order); everything measured on the {SPLIT} split. Mean ± standard deviation "
+        "over seeds, in percent.", "",
+        "## The data's grouping bounds", "", bound_table, "",
+        "- resolution bound: the ground-truth mask through the mask head's grid and back (Detectron2's "
+        "`BitMasks.crop_and_resize` at the mask resolution, then `paste_masks_in_image`): what a perfect mask head "
+        "could score. Non-grouping bound: every contour pixel inside the ground-truth box: what a head that "
+        "segments contours without grouping them scores.", "",
+        "## Results", "", main, "", "Costs:", "", cost, "", "Panoptic quality per class:", "", per_class, "",
+        "- oracle-box mask IoU: ground-truth boxes and classes into the mask head, mask pasted and thresholded at 0.5.",
+        "- probabilities: the mean mask probability on the instance's own pixels and on other contours' pixels inside "
+        "its box (crossing contours).",
+        "- detection recall: a detection of the class at box IoU >= 0.5 with score >= the panoptic confidence "
+        "threshold.",
+        "- saved for backward: bytes autograd keeps for the backward pass in one training forward on the same batch "
+        "(parameters excluded).", "",
+        "Machines (per run; a CPU shared with other jobs, so times are indicative):", "",
+        *sorted({f"- {r['label']}, seed {r['seed']}: {r['machine']}" for r in all_runs}), "",
+        "![oracle-box masks on crossing contours](contour_grouping.png)", "",
+    ]
+    with open(os.path.join(results_dir, "contour_grouping.md"), "w") as f:
+        f.write("\n".join(lines))
+    print(bound_table + "\n\n" + main + "\n\n" + cost)
+
+
+def data_description(params):
+    return (f"{params.image_size} px, {params.train_images} train / {params.val_images} val / "
+            f"{params.test_images} test images, {params.min_contours}-{params.max_contours} contours per image")
+
+
+# --------------------------------------------------------------------------------------- main
+def main(argv=None):
+    parser = comparison_parser(__doc__, MODELS, DEFAULT_MODELS, FOLDER, threads=1)
+    parser.add_argument("--bounds", action="store_true", help="measure the data's bounds only")
+    args = parser.parse_args(argv)
+
+    import crbp_detectron  # noqa: F401
+    from detectron2.utils.logger import setup_logger
+
+    from crbp_detectron.config import load_config
+    from crbp_detectron.data.contours import ContourParams, generate_contour_dataset, register_contour_datasets
+
+    setup_logger()
+    paths = generate_contour_dataset()
+    register_contour_datasets(progress=False)
+    command = command_line("benchmarks/contour_grouping.py", argv)
+    os.makedirs(os.path.join(args.results, FOLDER), exist_ok=True)
+    bounds_path = os.path.join(args.results, FOLDER, "bounds.json")
+    if args.bounds or not os.path.isfile(bounds_path):
+        cfg = load_config(MODELS["feedforward"][0])
+        mask_size = 2 * cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION  # the mask head's deconv doubles it
+        bounds = {"command": command, "mask_size": mask_size, "data": data_description(ContourParams()),
+                  "splits": {s: grouping_bounds(paths[s], mask_size) for s in ("val", SPLIT)}}
+        with open(bounds_path, "w") as f:
+            json.dump(bounds, f, indent=1)
+        print(json.dumps(bounds, indent=1))
+        if args.bounds:
+            return 0
+    if not args.report_only:
+        for seed in args.seeds:
+            for model in args.models:
+                path = run_json(args.results, model, seed)
+                if os.path.isfile(path):
+                    continue
+                run_dir = os.path.join(args.out, f"{model}_seed{seed}")
+                info = machine_info("cpu")
+                info["torch threads"] = args.threads
+                load_start = info.pop("load average (1 min) at start", float("nan"))
+                start = time.time()
+                seconds = train(MODELS[model][0], seed, run_dir, args.threads, TEST_OPTS + list(args.opts))
+                info["load average (1 min) at the start / end of training"] = f"{load_start} / {os.getloadavg()[0]:.1f}"
+                result = measure(model, seed, run_dir, args.threads, args.opts, paths)
+                result.update(command=command, machine=machine_line(info), training_wall_seconds=seconds,
+                              measure_seconds=time.time() - start - seconds)
+                with open(path, "w") as f:
+                    json.dump(result, f)
+                if not args.keep_models:
+                    os.remove(os.path.join(run_dir, "model_final.pth"))
+    write_report(args.results, paths)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""Mask heads alone on the contour-grouping data: a diagnostic that isolates grouping from detection.
+
+The backbone and FPN of one trained Panoptic FPN (its weights file) are frozen and run once over
+the train and val splits; mask heads are then trained on those features with Detectron2's own
+pooler, targets and loss (mask_rcnn_loss, plus a recurrent head's penalty), on proposals made by
+jittering the ground-truth boxes (IoU >= 0.5 with their box, as the heads' training proposals
+are), and measured with the ground-truth boxes (oracle) on the val split: mask IoU for crossing
+and single contours and the probability on own vs crossing dashes. Every head sees the same
+features, boxes and iterations, so a difference between heads is the head's.
+
+    python benchmarks/contour_mask_head.py --weights output/contours_fpn/model_final.pth \
+        --heads feedforward crbp_state8 --iterations 2000 --seeds 0 1 2 \
+        --out benchmarks/results/contour_mask_head
+
+A head is a config (the model's) plus overrides: HEADS below, or --head NAME CONFIG KEY VALUE...
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.contour_grouping import box_region, contour_instances, iou, pasted, split_images  # noqa: E402
+
+FF = "contours/panoptic_fpn_contours.yaml"
+CRBP = "contours/panoptic_crbp_contours.yaml"
+HEADS = {  # name: (config, overrides)
+    "feedforward": (FF, []),
+    "crbp": (CRBP, []),
+    "crbp_state8": (CRBP, ["MODEL.CRBP.MASK_HEAD.STATE_CHANNELS", "8", "MODEL.CRBP.CELL.NUM_GROUPS", "4",
+                           "MODEL.CRBP.STEPS", "20"]),
+}
+
+
+# ------------------------------------------------------------------------------------ features
+@torch.no_grad()
+def cached_features(model, paths):
+    """FPN features of every image of a split (eval mode) and its things, in memory."""
+    from crbp_detectron.inference import read_image_rgb
+
+    images, features = [], {}
+    for image in split_images(paths):
+        if not image["things"]:
+            continue
+        rgb = read_image_rgb(image["image_path"])
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1]).astype("float32").transpose(2, 0, 1)
+        batch = model.preprocess_image([{"image": torch.as_tensor(bgr)}])
+        for name, f in model.backbone(batch.tensor).items():
+            features.setdefault(name, []).append(f[0])
+        masks = np.stack([image["ids"] == t["id"] for t in image["things"]])
+        images.append({**image, "masks": masks})
+    return images, {k: torch.stack(v) for k, v in features.items()}
+
+
+def jittered_boxes(rng, boxes, size, min_iou=0.5):
+    """Each box moved and rescaled at random until its IoU with the original is >= min_iou."""
+    from benchmarks.contour_grouping import box_iou
+
+    out = []
+    for b in boxes:
+        w, h = b[2] - b[0], b[3] - b[1]
+        for _ in range(50):
+            dx, dy = rng.normal(0, 0.12, 2) * (w, h)
+            sw, sh = np.exp(rng.normal(0, 0.15, 2))
+            cx, cy = (b[0] + b[2]) / 2 + dx, (b[1] + b[3]) / 2 + dy
+            j = [max(cx - sw * w / 2, 0), max(cy - sh * h / 2, 0), min(cx + sw * w / 2, size), min(cy + sh * h / 2, size)]
+            if box_iou(j, b) >= min_iou:
+                break
+        else:
+            j = list(b)
+        out.append(j)
+    return out
+
+
+def make_instances(image, boxes, to_contiguous, train: bool):
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    size = image["masks"].shape[1:]
+    inst = Instances(size)
+    classes = torch.tensor([to_contiguous[t["category_id"]] for t in image["things"]])
+    if train:
+        inst.proposal_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        inst.gt_classes = classes
+        inst.gt_masks = BitMasks(torch.from_numpy(image["masks"]))
+    else:
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        inst.pred_classes = classes
+    return inst
+
+
+# ---------------------------------------------------------------------------------------- heads
+def build_head(config, overrides, seed):
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.roi_heads.mask_head import build_mask_head
+
+    from crbp_detectron.config import load_config
+
+    cfg = load_config(config, list(overrides))
+    torch.manual_seed(seed)
+    channels = cfg.MODEL.FPN.OUT_CHANNELS
+    res = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
+    return cfg, build_mask_head(cfg, ShapeSpec(channels=channels, width=res, height=res))
+
+
+def train_head(head, cfg, pooler, images, features, to_contiguous, iterations, seed, batch=4, lr=None, log=None,
+               optimizer="sgd", min_iou=0.5):
+    from detectron2.utils.events import EventStorage
+
+    from crbp_detectron.crbp import collect_recurrence, penalty_losses
+
+    lr = lr or cfg.SOLVER.BASE_LR
+    params = [p for p in head.parameters() if p.requires_grad]
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    warmup = min(100, iterations // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * i / iterations)))
+    rng = np.random.default_rng(seed)
+    names = list(features)
+    size = images[0]["masks"].shape[1]
+    head.train()
+    history, start = [], time.time()
+    for it in range(iterations):
+        pick = rng.choice(len(images), batch, replace=False)
+        instances = [make_instances(images[i], jittered_boxes(rng, [t["box"] for t in images[i]["things"]], size, min_iou),
+                                    to_contiguous, train=True) for i in pick]
+        pooled = pooler([features[n][pick] for n in names], [x.proposal_boxes for x in instances])
+        with EventStorage(it):  # mask_rcnn_loss logs its accuracy there
+            losses = head(pooled, instances)
+        summaries = collect_recurrence(head)
+        losses.update(penalty_losses(summaries))
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"iteration {it}: non-finite loss {losses}")
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+        history[-1].update({f"residual/{name}": s.stats[-1].residual for name, s in summaries.items() if s.stats})
+        if log and (it + 1) % 100 == 0:
+            log(f"iter {it + 1} ({(time.time() - start) / (it + 1):.2f} s/it): " + ", ".join(f"{k} {np.mean([h[k] for h in history[-100:]]):.4f}" for k in history[-1]))
+    return history
+
+
+@torch.no_grad()
+def evaluate_head(head, pooler, images, features, to_contiguous):
+    """Oracle-box mask IoU and own / other probabilities per group, and for crossing contours the
+    probabilities by depth into the box (a pixel's distance to the nearest box side over the box's
+    shorter side, in DEPTH_BINS): where a head without reach sees the box's sides and where not."""
+    head.eval()
+    names = list(features)
+    rows = []
+    depth_sums = {k: np.zeros((len(DEPTH_BINS) - 1, 2)) for k in ("own", "other")}  # (sum, count) per bin
+    for i, image in enumerate(images):
+        boxes = [t["box"] for t in image["things"]]
+        inst = make_instances(image, boxes, to_contiguous, train=False)
+        pooled = pooler([features[n][i:i + 1] for n in names], [inst.pred_boxes])
+        out = head(pooled, [inst])[0]
+        masks, probs = pasted(out.pred_masks[:, 0], boxes, image["masks"].shape[1:])
+        _, _, every = contour_instances(image)
+        for t, predicted, prob, mask in zip(image["things"], masks, probs, image["masks"]):
+            row = {"crossing": t["crossing"], "mask_iou": iou(predicted, mask)}
+            if t["crossing"] is not None:
+                others = every & ~mask & box_region(t["box"], mask.shape)
+                row["own_probability"] = float(prob[mask].mean())
+                row["other_probability"] = float(prob[others].mean()) if others.any() else None
+                if t["crossing"]:
+                    depth = box_depth(t["box"], mask.shape)
+                    for key, where in (("own", mask), ("other", others)):
+                        bins = np.digitize(depth[where], DEPTH_BINS) - 1
+                        np.add.at(depth_sums[key], (bins, 0), prob[where])
+                        np.add.at(depth_sums[key], (bins, 1), 1)
+            rows.append(row)
+    out = {}
+    for group, sel in (("crossing", lambda r: r["crossing"] is True), ("single", lambda r: r["crossing"] is False),
+                       ("shapes", lambda r: r["crossing"] is None)):
+        rs = [r for r in rows if sel(r)]
+        out[group] = {"n": len(rs), "mask_iou": float(np.mean([r["mask_iou"] for r in rs]))}
+        for k in ("own_probability", "other_probability"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if vals:
+                out[group][k] = float(np.mean(vals))
+    out["crossing_by_depth"] = {
+        "bins": DEPTH_BINS, **{k: [float(s / n) if n else None for s, n in v] for k, v in depth_sums.items()}}
+    return out
+
+
+DEPTH_BINS = [0.0, 0.1, 0.2, 0.3, 0.51]
+
+
+def box_depth(box, shape):
+    """Per pixel: distance (px) of its centre to the nearest side of the XYXY box over the box's
+    shorter side (0 at the sides, 0.5 at the centre of a square box); < 0 outside the box."""
+    x0, y0, x1, y1 = box
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]] + 0.5
+    inside = np.minimum.reduce([xs - x0, x1 - xs, ys - y0, y1 - ys])
+    return inside / max(min(x1 - x0, y1 - y0), 1e-6)
+
+
+# ----------------------------------------------------------------------------------------- main
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="a trained model whose backbone and FPN are frozen")
+    parser.add_argument("--backbone-config", default=FF, help="the config of --weights")
+    parser.add_argument("--heads", nargs="*", default=[], choices=list(HEADS))
+    parser.add_argument("--head", nargs="+", action="append", default=[], metavar=("NAME", "CONFIG"),
+                        help="another head: NAME CONFIG [KEY VALUE ...]")
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--lr", type=float, default=None, help="default: the config's SOLVER.BASE_LR")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    parser.add_argument("--min-iou", type=float, default=0.5, help="training boxes' IoU with their ground truth at least")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, help="folder for one JSON per head and seed")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    import crbp_detectron  # noqa: F401
+    from detectron2.data import MetadataCatalog
+    from detectron2.modeling import build_model
+
+    from crbp_detectron.checkpoint import Checkpointer
+    from crbp_detectron.config import load_config
+    from crbp_detectron.data.contours import generate_contour_dataset, register_contour_datasets
+
+    paths = generate_contour_dataset(progress=False)
+    register_contour_datasets(progress=False)
+    base = load_config(args.backbone_config, ["MODEL.WEIGHTS", args.weights])
+    model = build_model(base).eval()
+    Checkpointer(model).load(args.weights)
+    to_contiguous = MetadataCatalog.get("crbp_contours_train_separated").thing_dataset_id_to_contiguous_id
+    start = time.time()
+    train_images, train_features = cached_features(model, paths["train"])
+    val_images, val_features = cached_features(model, paths["val"])
+    print(f"features of {len(train_images)} + {len(val_images)} images in {time.time() - start:.0f} s", flush=True)
+    pooler = model.roi_heads.mask_pooler
+    names = model.roi_heads.mask_in_features
+    train_features = {n: train_features[n] for n in names}
+    val_features = {n: val_features[n] for n in names}
+    heads = {name: HEADS[name] for name in args.heads}
+    heads.update({h[0]: (h[1], h[2:]) for h in args.head})
+    os.makedirs(args.out, exist_ok=True)
+    for name, (config, overrides) in heads.items():
+        for seed in args.seeds:
+            path = os.path.join(args.out, f"{name}_seed{seed}.json")
+            if os.path.isfile(path):
+                continue
+            cfg, head = build_head(config, overrides, seed)
+            start = time.time()
+            history = train_head(head, cfg, pooler, train_images, train_features, to_contiguous, args.iterations, seed,
+                                 lr=args.lr, optimizer=args.optimizer, min_iou=args.min_iou,
+                                 log=lambda m: print(f"{name} seed {seed} {m}", flush=True))
+            seconds = time.time() - start
+            result = {"head": name, "config": config, "overrides": list(overrides), "seed": seed,
+                      "iterations": args.iterations, "weights": args.weights, "train_seconds": seconds,
+                      "optimizer": args.optimizer, "lr": args.lr, "min_iou": args.min_iou,
+                      "loss_last_100": {k: float(np.mean([h[k] for h in history[-100:]])) for k in history[-1]},
+                      "val": evaluate_head(head, pooler, val_images, val_features, to_contiguous)}
+            with open(path, "w") as f:
+                json.dump(result, f, indent=1)
+            torch.save(head.state_dict(), path[:-len(".json")] + ".pth")  # small: for diagnostics
+            print(json.dumps(result["val"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
