@@ -13,9 +13,12 @@ keeps only x, h* and the parameters and recomputes the step and the penalty in t
 
 In eval mode (or under torch.no_grad) the block runs `test_steps` iterations with no graph; if
 gradients are enabled in eval mode they flow with the RBP gradient, in every mode (but not while
-traced or exported: torch.jit.trace, torch.export and ONNX get the graph-free iteration). With `tol` > 0
-every sample (dim 0) stops once its estimated distance to the fixed point is under `tol`
-(solver.py), and stopped samples stop costing compute where the cell allows it.
+traced or exported: torch.jit.trace, torch.export and ONNX get the graph-free iteration). The
+graph-free iterations are a forward solver's (solver.py: plain iteration, or Anderson acceleration),
+with `steps` (`test_steps`) as its budget of cell evaluations, the recorded step included. With
+`tol` > 0 every sample (dim 0) stops once it has converged (for plain iteration: its estimated
+distance to the fixed point is under `tol`; for Anderson: its relative residual), and stopped
+samples stop costing compute where the cell allows it.
 
 A note on gated cells: at an exact equilibrium a GRU-style update h = (1-g) h + g h~ satisfies
 g * (h~(h*) - h*) = 0 with g > 0, so h* = h~(h*): the gate sets how fast h moves, not where it
@@ -32,7 +35,7 @@ from .arguments import check_choice
 from .backward import ImplicitStep, attach_rbp_gradient, implicit_step, trainable_parameters
 from .backward_solvers import BACKWARD_SOLVERS, BackwardConfig
 from .penalties import PENALTIES, REDUCTIONS, jacobian_frobenius_penalty, lipschitz_penalty
-from .solver import IterationResult, iterate, relative_residual
+from .solver import FixedPointMap, ForwardConfig, IterationResult, relative_residual, solve_forward
 from .stats import BackwardStats, RecurrenceStats
 
 MODES = ("crbp", "rbp", "bptt", "cbptt")
@@ -65,8 +68,11 @@ class Recurrence(nn.Module):
         mode: one of MODES.
         steps: iterations in training, the recorded one included (>= 1).
         test_steps: iterations in eval (defaults to `steps`).
-        tol: per-sample early stop of the graph-free iterations once the estimated relative
-            distance to the fixed point is under `tol` (0 disables the early stop).
+        tol: per-sample early stop of the graph-free iterations once a sample has converged to
+            `tol` (solver.py says what each solver compares with it; 0 disables the early stop).
+        forward_solver: "plain" or "anderson" (solver.py), the solver of the graph-free
+            iterations, in training and evaluation; forward_window, forward_beta, forward_ridge:
+            Anderson's window, mixing and regularisation (ForwardConfig).
         backward_solver: "gmres", "neumann" or "bicgstab" (backward_solvers.py);
         backward_max_vjps, backward_tol, backward_restart: its VJP budget, relative residual
             tolerance, and GMRES restart length; divergence_window, divergence_growth_bound: what
@@ -92,6 +98,10 @@ class Recurrence(nn.Module):
         steps: int = 20,
         test_steps: Optional[int] = None,
         tol: float = 0.0,
+        forward_solver: str = "plain",
+        forward_window: int = 5,
+        forward_beta: float = 1.0,
+        forward_ridge: float = 1e-6,
         backward_solver: str = "gmres",
         backward_max_vjps: int = 15,
         backward_tol: float = 1e-10,
@@ -121,6 +131,8 @@ class Recurrence(nn.Module):
         self.steps = steps
         self.test_steps = test_steps
         self.tol = tol
+        self.forward_config = ForwardConfig(solver=forward_solver, window=forward_window, beta=forward_beta,
+                                            ridge=forward_ridge)
         self.backward_config = BackwardConfig(
             solver=backward_solver, max_vjps=backward_max_vjps, tol=backward_tol,
             growth_bound=divergence_growth_bound, window=divergence_window, restart=backward_restart)
@@ -140,6 +152,7 @@ class Recurrence(nn.Module):
 
     def extra_repr(self):
         return (f"mode={self.mode}, steps={self.steps}, test_steps={self.test_steps}, tol={self.tol}, "
+                f"forward={self.forward_config.solver}, "
                 f"backward={self.backward_config.solver}({self.backward_config.max_vjps}), "
                 f"implicit_step={self.implicit_step}, penalty={self.penalty}, "
                 f"lcp_lambda={self.lcp_lambda}, weight={self.penalty_weight}")
@@ -164,7 +177,7 @@ class Recurrence(nn.Module):
         elif grad:
             h, stats, loss = self._implicit(x, h, steps, trace, with_penalty=self.training)
         else:
-            run = iterate(self.cell, x, h, steps, self.tol, trace)
+            run = self._solve(x, h, steps, trace)
             h, stats, loss = run.h, self._stats(run, trace), None
         record = RecurrenceRecord(loss, stats)
         if return_record:  # the caller takes the record; nothing is left on the block
@@ -181,20 +194,25 @@ class Recurrence(nn.Module):
         init = getattr(self.cell, "initial_state", None)
         return init(x) if callable(init) else torch.zeros_like(x)
 
+    def _solve(self, x, h, budget, trace) -> IterationResult:
+        """The graph-free iterations: the forward solver on h -> cell(x, h)."""
+        return solve_forward(FixedPointMap(self.cell, x), h, budget, self.tol, self.forward_config, trace)
+
     def _stats(self, run: IterationResult, trace, extra_steps: int = 0) -> RecurrenceStats:
         stats = RecurrenceStats(mode=self.mode, steps=run.steps + extra_steps, residual=run.residual,
-                                converged=False, residual_trace=trace)
+                                converged=False, residual_trace=trace, evaluations=float(run.steps + extra_steps))
         if self.tol > 0 and run.distance is not None and run.distance.numel():
             converged = run.distance < self.tol
             stats.converged = bool(converged.all())
             stats.converged_fraction = float(converged.double().mean())
             stats.distance = float(run.distance.max())
             stats.mean_steps = float(run.sample_steps.double().mean()) + extra_steps
+            stats.evaluations = stats.mean_steps
         return stats
 
     def _implicit(self, x, h, steps, trace, with_penalty):
         """N-1 graph-free steps, one step at h* with the RBP gradient (and the penalty)."""
-        run = iterate(self.cell, x, h, steps - 1, self.tol, trace)
+        run = self._solve(x, h, steps - 1, trace)
         stats = self._stats(run, trace, extra_steps=1)
         penalised = with_penalty and self.penalty != "none"
         differentiable = penalised and self._penalty_trains
@@ -230,7 +248,8 @@ class Recurrence(nn.Module):
             if self.tol > 0 and residual < self.tol:
                 break
         stats = RecurrenceStats(mode=self.mode, steps=run, residual=residual,
-                                converged=self.tol > 0 and residual < self.tol, residual_trace=trace)
+                                converged=self.tol > 0 and residual < self.tol, residual_trace=trace,
+                                evaluations=float(run))
         loss = None
         if self.penalty != "none":
             differentiable = self._penalty_trains
