@@ -64,6 +64,11 @@ def add_crbp_config(cfg):
     # How the step at the equilibrium is kept for the backward: "recompute" keeps only x and h*
     # (the step and the penalty are recomputed in the backward); "recorded" keeps their graphs.
     _C.MODEL.CRBP.IMPLICIT_STEP = "recompute"
+    # With "recompute": the step at the equilibrium over this many samples (RoIs, images) at a time,
+    # 0 = all at once. The backward's peak memory then holds one chunk's graph (not the batch's), at
+    # the cost of one more step's forward per backward VJP; same gradients. Needs a cell whose
+    # samples are independent (CELL.NORM GN or none, not BN).
+    _C.MODEL.CRBP.IMPLICIT_CHUNK = 0
     _C.MODEL.CRBP.BACKWARD = CN()  # the solver of (I - J^T) z = dL/dh* (crbp/backward_solvers.py)
     _C.MODEL.CRBP.BACKWARD.SOLVER = "gmres"  # gmres | neumann | bicgstab
     _C.MODEL.CRBP.BACKWARD.MAX_VJPS = 15  # VJPs through the step at most (the paper: 15 Neumann terms)
@@ -350,6 +355,13 @@ def validate_crbp_config(cfg):
     # Relative distances / residuals: a tolerance of 1 or more would stop at once.
     _check_number(c, "TOL", p, low=0, high=1, high_open=True)
     _check_choice(c, "IMPLICIT_STEP", IMPLICIT_STEPS, p)
+    _check_number(c, "IMPLICIT_CHUNK", p, low=0, integer=True)
+    if c.IMPLICIT_CHUNK and c.IMPLICIT_STEP != "recompute":
+        _fail(p + "IMPLICIT_CHUNK", c.IMPLICIT_CHUNK, "must be 0 with IMPLICIT_STEP 'recorded' (the recorded step "
+              "keeps the whole batch's graph); chunks need IMPLICIT_STEP 'recompute'")
+    if c.IMPLICIT_CHUNK and c.CELL.NORM == "BN":
+        _fail(p + "IMPLICIT_CHUNK", c.IMPLICIT_CHUNK, "must be 0 with CELL.NORM 'BN' (BatchNorm couples the samples "
+              "of a batch, so the step cannot be taken in chunks of them); chunks need CELL.NORM 'GN' or ''")
     fw, pf = c.FORWARD, p + "FORWARD."
     _check_choice(fw, "SOLVER", tuple(FORWARD_SOLVERS), pf)
     _check_number(fw, "WINDOW", pf, low=1, high=MAX_FORWARD_WINDOW, integer=True)

@@ -25,6 +25,7 @@ g * (h~(h*) - h*) = 0 with g > 0, so h* = h~(h*): the gate sets how fast h moves
 settles, and the implicit (RBP) gradient of the task loss w.r.t. the gate's parameters is zero.
 Only the penalty and unconverged steps train them.
 """
+import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -35,7 +36,7 @@ from .arguments import check_choice
 from .backward import ImplicitStep, attach_rbp_gradient, implicit_step, trainable_parameters
 from .backward_solvers import BACKWARD_SOLVERS, BackwardConfig
 from .penalties import PENALTIES, REDUCTIONS, jacobian_frobenius_penalty, lipschitz_penalty
-from .solver import FixedPointMap, ForwardConfig, IterationResult, relative_residual, solve_forward
+from .solver import FixedPointMap, ForwardConfig, IterationResult, relative_residual, samples_independent, solve_forward
 from .stats import BackwardStats, RecurrenceStats
 
 MODES = ("crbp", "rbp", "bptt", "cbptt")
@@ -78,6 +79,11 @@ class Recurrence(nn.Module):
             tolerance, and GMRES restart length; divergence_window, divergence_growth_bound: what
             counts as divergence (BackwardConfig).
         implicit_step: "recompute" or "recorded" (how the step at h* is kept for the backward).
+        implicit_chunk: with "recompute", the step at h* (its penalty's value in the forward; its
+            recomputation, VJPs and gradients in the backward) over this many samples at a time
+            (0: all at once): the backward's peak memory holds one chunk's graph, at the cost of
+            one more step's forward per VJP; the same gradients. Needs a cell whose samples are
+            independent (solver.samples_independent: not BatchNorm with batch statistics).
         penalty: "lcp", "jacobian_frobenius" or "none".
         lcp_lambda: the LCP's target lambda; penalty_reduction: "mean" or "sum" over elements.
         lcp_absolute: penalise |1^T J| instead of the signed column sums 1^T J (large negative
@@ -109,6 +115,7 @@ class Recurrence(nn.Module):
         divergence_window: int = 100,
         divergence_growth_bound: float = 1e6,
         implicit_step: str = "recompute",
+        implicit_chunk: int = 0,
         penalty: str = "lcp",
         lcp_lambda: float = 0.9,
         penalty_reduction: str = "mean",
@@ -126,6 +133,11 @@ class Recurrence(nn.Module):
             raise ValueError(f"steps and test_steps must be >= 1, got {steps} and {test_steps}")
         if not tol >= 0:
             raise ValueError(f"tol must be >= 0, got {tol}")
+        if not (isinstance(implicit_chunk, int) and implicit_chunk >= 0):
+            raise ValueError(f"implicit_chunk must be an integer >= 0 (0: all samples at once), got {implicit_chunk!r}")
+        if implicit_chunk and implicit_step != "recompute":
+            raise ValueError(f"implicit_chunk = {implicit_chunk} needs implicit_step 'recompute' (the recorded step "
+                             f"keeps the whole batch's graph), got implicit_step {implicit_step!r}")
         self.cell = cell
         self.mode = mode
         self.steps = steps
@@ -137,6 +149,7 @@ class Recurrence(nn.Module):
             solver=backward_solver, max_vjps=backward_max_vjps, tol=backward_tol,
             growth_bound=divergence_growth_bound, window=divergence_window, restart=backward_restart)
         self.implicit_step = implicit_step
+        self.implicit_chunk = implicit_chunk
         self.penalty = penalty
         self.lcp_lambda = lcp_lambda
         self.penalty_reduction = penalty_reduction
@@ -154,7 +167,7 @@ class Recurrence(nn.Module):
         return (f"mode={self.mode}, steps={self.steps}, test_steps={self.test_steps}, tol={self.tol}, "
                 f"forward={self.forward_config.solver}, "
                 f"backward={self.backward_config.solver}({self.backward_config.max_vjps}), "
-                f"implicit_step={self.implicit_step}, penalty={self.penalty}, "
+                f"implicit_step={self.implicit_step}, implicit_chunk={self.implicit_chunk}, penalty={self.penalty}, "
                 f"lcp_lambda={self.lcp_lambda}, weight={self.penalty_weight}")
 
     # ------------------------------------------------------------------ forward
@@ -219,9 +232,13 @@ class Recurrence(nn.Module):
         penalty_fn = self._penalty_fn(stats) if penalised else None
         h_star = run.h.detach()
         if self.implicit_step == "recompute":
+            if self.implicit_chunk and h_star.shape[0] > self.implicit_chunk and not samples_independent(self.cell):
+                raise ValueError(f"implicit_chunk = {self.implicit_chunk}: this cell couples the samples of a batch "
+                                 "(BatchNorm with batch statistics), so its step cannot be taken in chunks of "
+                                 "samples; use implicit_chunk 0")
             spec = ImplicitStep(cell=self.cell, config=self.backward_config, penalty=penalty_fn,
                                 differentiable_penalty=differentiable, on_backward=self._backward_hook(stats),
-                                params=trainable_parameters(self.cell))
+                                params=trainable_parameters(self.cell), chunk=self.implicit_chunk)
             h_next, value = implicit_step(spec, x, h_star)
         else:
             h_star = h_star.requires_grad_()
@@ -267,19 +284,33 @@ class Recurrence(nn.Module):
         return self.penalty_weight * self.penalty_scale * value
 
     def _penalty_fn(self, stats: RecurrenceStats):
-        """penalty(h_next, h_in, create_graph) -> the unweighted penalty; fills the stats. The one
-        place both implicit steps and BPTT compute the penalty (through penalties.py)."""
-        def penalty(h_next, h_in, create_graph):
+        """penalty(h_next, h_in, create_graph, of=None, record=True) -> the unweighted penalty; fills
+        the stats. The one place both implicit steps and BPTT compute the penalty (through
+        penalties.py). With `of` (the batch's state elements) h_next is a chunk of the batch and the
+        result the chunk's share (backward.ImplicitStep); its statistics add to the earlier chunks'."""
+        def penalty(h_next, h_in, create_graph, of=None, record=True):
+            column_max = None
             if self.penalty == "lcp":
+                reduction = self.penalty_reduction if of is None else "sum"
                 value, column_sums = lipschitz_penalty(
-                    h_next, h_in, self.lcp_lambda, self.penalty_reduction, create_graph=create_graph,
+                    h_next, h_in, self.lcp_lambda, reduction, create_graph=create_graph,
                     absolute=self.lcp_absolute)
+                if of is not None and self.penalty_reduction == "mean":
+                    value = value / of
                 if column_sums.numel():
-                    stats.max_column_sum = float(column_sums.detach().max())
-            else:
+                    column_max = float(column_sums.detach().max())
+            else:  # a mean over elements; a chunk draws its own random vectors
                 value = jacobian_frobenius_penalty(
                     h_next, h_in, self.hutchinson_samples, create_graph=create_graph)
-            stats.penalty = float(value.detach())
+                if of is not None:
+                    value = value * (h_in.numel() / of)
+            if record and of is None:
+                stats.max_column_sum = column_max if column_max is not None else stats.max_column_sum
+                stats.penalty = float(value.detach())
+            elif record:
+                if column_max is not None:
+                    stats.max_column_sum = max(column_max, stats.max_column_sum or -math.inf)
+                stats.penalty = (stats.penalty or 0.0) + float(value.detach())
             return value
         return penalty
 

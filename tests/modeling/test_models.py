@@ -147,6 +147,9 @@ def test_config_file_lookup(tmp_path, monkeypatch):
     (["MODEL.CRBP.BACKWARD.DIVERGENCE_WINDOW", 0], "MODEL.CRBP.BACKWARD.DIVERGENCE_WINDOW"),
     (["MODEL.CRBP.BACKWARD.GROWTH_BOUND", 1.0], "MODEL.CRBP.BACKWARD.GROWTH_BOUND"),
     (["MODEL.CRBP.IMPLICIT_STEP", "saved"], "MODEL.CRBP.IMPLICIT_STEP"),
+    (["MODEL.CRBP.IMPLICIT_CHUNK", -1], "MODEL.CRBP.IMPLICIT_CHUNK"),
+    (["MODEL.CRBP.IMPLICIT_CHUNK", 4, "MODEL.CRBP.IMPLICIT_STEP", "recorded"], "MODEL.CRBP.IMPLICIT_CHUNK"),
+    (["MODEL.CRBP.IMPLICIT_CHUNK", 4, "MODEL.CRBP.CELL.NORM", "BN"], "MODEL.CRBP.IMPLICIT_CHUNK"),
     (["MODEL.CRBP.FORWARD.SOLVER", "newton"], "MODEL.CRBP.FORWARD.SOLVER"),
     (["MODEL.CRBP.FORWARD.WINDOW", 0], "MODEL.CRBP.FORWARD.WINDOW"),
     (["MODEL.CRBP.FORWARD.WINDOW", 1000], "MODEL.CRBP.FORWARD.WINDOW"),
@@ -256,6 +259,14 @@ def test_backward_and_implicit_step_keys_reach_every_block():
         b = block.backward_config
         assert (b.solver, b.max_vjps, b.restart, b.growth_bound, b.window) == ("bicgstab", 7, 3, 1e3, 9)
         assert block.implicit_step == "recorded" and block.tol == 1e-3
+
+
+def test_implicit_chunk_reaches_every_block_and_trains_a_step():
+    cfg = load_config("COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml", TINY + ["MODEL.CRBP.IMPLICIT_CHUNK", 2])
+    model, losses, _ = train_step(cfg)
+    assert all(block.implicit_chunk == 2 for block in recurrent_blocks(model).values())
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "recurrence" in n)
 
 
 def test_forward_solver_keys_reach_every_block_and_its_statistics_reach_event_storage():
