@@ -1,10 +1,10 @@
-"""The forward-solver benchmark (issue 27) at tiny sizes: per-sample counts of evaluations to a
-residual, the table rebuilt from the JSON alone."""
+"""The forward-solver and training-speed benchmarks (issue 27) at tiny sizes: per-sample counts of
+evaluations to a residual, the table rebuilt from the JSON alone, models timed side by side."""
 import json
 
 import torch
 
-from benchmarks import forward_solvers
+from benchmarks import forward_solvers, train_speed
 from crbp_detectron.crbp import HGRUCell
 
 from .test_benchmarks import table_rows
@@ -33,3 +33,18 @@ def test_forward_solvers_counts_per_sample_and_rebuilds_its_table(tmp_path):
     rows = table_rows(md, ["tiny"])
     assert len(rows) == 4 and rows[0][1] == "anderson (window 5)" and "A note." in md
     assert float(rows[0][7]) == round(sum(anderson) / sum(plain), 3)  # the table rounds to 3 digits
+
+
+def test_train_speed_times_models_side_by_side(tmp_path, demo_root, monkeypatch):
+    monkeypatch.setenv("CRBP_DEMO_DIR", demo_root)
+    models = ["feed-forward Panoptic FPN", "C-RBP, 5 VJPs"]
+    train_speed.main(["--suite", "demo", "--models", *models, "--iterations", "2", "--warmup", "0",
+                      "--threads", "1", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "train_speed_demo.json").read_text())
+    assert list(results["times"]) == models and all(len(t) == 2 for t in results["times"].values())
+    # the demo recipe's 6 steps per RoI: 5 graph-free evaluations and the recorded one (no tolerance)
+    assert results["evaluations"] == {models[0]: None, models[1]: 6.0}
+    (tmp_path / "train_speed_demo.md").unlink()
+    train_speed.main(["--report-only", "--out", str(tmp_path)])
+    rows = table_rows((tmp_path / "train_speed_demo.md").read_text(), models)
+    assert [r[0] for r in rows] == models and rows[0][2] == "1.0"
