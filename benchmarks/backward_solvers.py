@@ -67,8 +67,9 @@ def demo_model(weights: Optional[str]):
     return model, cfg
 
 
-def demo_roi_features(weights: str):
-    """(the trained demo model's mask-head cell, one RoI's features from a demo validation image)."""
+def demo_mask_head_inputs(weights: str, images: Optional[int] = None):
+    """(the trained demo model's mask-head cell, the RoI features its model feeds the cell on demo
+    validation images: on the first `images` of them, or (None) up to the first with an RoI)."""
     from crbp_detectron.data.demo import register_demo_datasets
     from crbp_detectron.engine import Trainer
 
@@ -78,12 +79,20 @@ def demo_roi_features(weights: str):
     captured = []
     handle = block.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     with torch.no_grad():
-        for batch in Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0]):
+        for i, batch in enumerate(Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])):
+            if images is not None and i >= images:
+                break
             model(batch)
-            if captured and captured[-1].shape[0]:
+            if images is None and captured and captured[-1].shape[0]:
                 break
     handle.remove()
-    return block.cell, captured[-1][:1]
+    return block.cell, [c for c in captured if c.shape[0]]
+
+
+def demo_roi_features(weights: str):
+    """(the trained demo model's mask-head cell, one RoI's features from a demo validation image)."""
+    cell, features = demo_mask_head_inputs(weights)
+    return cell, features[-1][:1]
 
 
 def make_problem(name: str, weights: Optional[str]):

@@ -127,6 +127,13 @@ def goals(results) -> list:
             r = _ratio(rows.get(name, {}).get("saved_bytes"), rows.get(FF, {}).get("saved_bytes"))
             if r is not None:
                 out.append(f"- {name} training memory ÷ feed-forward at {rois} RoIs (saved bytes): **{r:.3f}** (target <= 1.05)")
+    for rois in (32, 128):  # the whole iteration's peak (issue 27), not only what the forward saves
+        rows = train.get(rois, {})
+        for name in [n for n in rows if n.startswith("crbp-20")]:
+            r = _ratio(rows[name].get("peak"), rows.get(FF, {}).get("peak"))
+            if r is not None:
+                out.append(f"- {name} peak memory of a training iteration ÷ feed-forward at {rois} RoIs: "
+                           f"**{r:.3f}** (target <= 1.10)")
     for rois, rows in train.items():
         r = _ratio(rows.get("crbp-40", {}).get("saved_bytes"), rows.get("crbp-5", {}).get("saved_bytes"))
         if r is not None:

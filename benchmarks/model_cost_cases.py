@@ -46,6 +46,9 @@ TRAIN_CONFIGS: Dict[str, Tuple[str, list]] = {
     # The backward solver's vectors: GMRES keeps min(RESTART, MAX_VJPS) + 1, Neumann 3.
     "crbp-20, GMRES restart 5": (HEADLINE, _crbp(20)[1] + ["MODEL.CRBP.BACKWARD.RESTART", 5]),
     "crbp-20, Neumann backward": (HEADLINE, _crbp(20)[1] + ["MODEL.CRBP.BACKWARD.SOLVER", "neumann"]),
+    # The implicit step 4 RoIs at a time (MODEL.CRBP.IMPLICIT_CHUNK): the backward's peak holds one
+    # chunk's graph; the same gradients.
+    "crbp-20, implicit step in chunks of 4": (HEADLINE, _crbp(20)[1] + ["MODEL.CRBP.IMPLICIT_CHUNK", 4]),
     "bptt-5": (HEADLINE, ["MODEL.CRBP.MODE", "bptt", "MODEL.CRBP.STEPS", 5]),
     "bptt-20": (HEADLINE, ["MODEL.CRBP.MODE", "bptt", "MODEL.CRBP.STEPS", 20]),
     "crbp-20 + recurrent FPN": (RECURRENT_FPN, []),

@@ -3,7 +3,9 @@ measured configuration, the command that produced a result file, Markdown tables
 (`crbp_detectron.tables`, tabulate) and plots against the number of steps
 (`crbp_detectron.plotting`), and the parent process's peak memory at the end."""
 import importlib.util
+import json
 import math
+import os
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -32,6 +34,13 @@ def print_parent_peak() -> float:
     peak = process_peak_rss_bytes() / MIB
     print(f"parent process peak RSS: {peak:.0f} MiB", flush=True)
     return peak
+
+
+def write_json(path: str, data) -> None:
+    """A benchmark's raw results, from which `--report-only` rebuilds its tables."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
 
 
 def command_line(module: str, argv: Sequence[str]) -> str:

@@ -18,6 +18,7 @@ from .crbp.backward_solvers import BACKWARD_SOLVERS
 from .crbp.cells import EXCITATIONS, GATES, NONLINEARITIES, UPDATE_GATE_INITS
 from .crbp.penalties import PENALTIES, REDUCTIONS
 from .crbp.recurrence import IMPLICIT_STEPS, MODES
+from .crbp.solver import FORWARD_SOLVERS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 MODEL_ZOO_PREFIX = "model_zoo:"  # _BASE_: "model_zoo:COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml"
@@ -32,6 +33,8 @@ DETECTRON2_NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSync
 # cell per training or test iteration (the paper used 20 steps on COCO, up to 300 on Pathfinder);
 # a billion would make iteration 0 never end.
 MAX_STEPS = 10000
+# Upper bound of MODEL.CRBP.FORWARD.WINDOW: Anderson keeps 2 x WINDOW state-sized buffers.
+MAX_FORWARD_WINDOW = 100
 
 
 class ConfigError(ValueError):
@@ -51,9 +54,23 @@ def add_crbp_config(cfg):
     # Per-sample (per image / RoI) early stop once the estimated relative distance to the fixed
     # point, q / (1 - q) ||h_t+1 - h_t|| / ||h_t+1|| (q: the step-size ratio), is under TOL; 0 = never.
     _C.MODEL.CRBP.TOL = 0.0
+    # The solver of the graph-free iterations (crbp/solver.py), in training and evaluation. Its budget
+    # is STEPS (TEST_STEPS in evaluation) cell evaluations, the recorded step included; with TOL > 0
+    # each sample stops once converged (plain: the distance estimate above; anderson: the relative
+    # residual ||f(h) - h|| / ||f(h)||).
+    _C.MODEL.CRBP.FORWARD = CN()
+    _C.MODEL.CRBP.FORWARD.SOLVER = "plain"  # plain (h <- f(h)) | anderson (Anderson acceleration, per sample)
+    _C.MODEL.CRBP.FORWARD.WINDOW = 5  # anderson: residuals in its least-squares problem (2 x WINDOW states kept)
+    _C.MODEL.CRBP.FORWARD.BETA = 1.0  # anderson: mixing of f's output, in (0, 1] (1: undamped)
+    _C.MODEL.CRBP.FORWARD.RIDGE = 1e-6  # anderson: regularisation, relative to its Gram matrix's diagonal
     # How the step at the equilibrium is kept for the backward: "recompute" keeps only x and h*
     # (the step and the penalty are recomputed in the backward); "recorded" keeps their graphs.
     _C.MODEL.CRBP.IMPLICIT_STEP = "recompute"
+    # With "recompute": the step at the equilibrium over this many samples (RoIs, images) at a time,
+    # 0 = all at once. The backward's peak memory then holds one chunk's graph (not the batch's), at
+    # the cost of one more step's forward per backward VJP; same gradients. Needs a cell whose
+    # samples are independent (CELL.NORM GN or none, not BN).
+    _C.MODEL.CRBP.IMPLICIT_CHUNK = 0
     _C.MODEL.CRBP.BACKWARD = CN()  # the solver of (I - J^T) z = dL/dh* (crbp/backward_solvers.py)
     _C.MODEL.CRBP.BACKWARD.SOLVER = "gmres"  # gmres | neumann | bicgstab
     _C.MODEL.CRBP.BACKWARD.MAX_VJPS = 15  # VJPs through the step at most (the paper: 15 Neumann terms)
@@ -348,6 +365,18 @@ def validate_crbp_config(cfg):
     # Relative distances / residuals: a tolerance of 1 or more would stop at once.
     _check_number(c, "TOL", p, low=0, high=1, high_open=True)
     _check_choice(c, "IMPLICIT_STEP", IMPLICIT_STEPS, p)
+    _check_number(c, "IMPLICIT_CHUNK", p, low=0, integer=True)
+    if c.IMPLICIT_CHUNK and c.IMPLICIT_STEP != "recompute":
+        _fail(p + "IMPLICIT_CHUNK", c.IMPLICIT_CHUNK, "must be 0 with IMPLICIT_STEP 'recorded' (the recorded step "
+              "keeps the whole batch's graph); chunks need IMPLICIT_STEP 'recompute'")
+    if c.IMPLICIT_CHUNK and c.CELL.NORM == "BN":
+        _fail(p + "IMPLICIT_CHUNK", c.IMPLICIT_CHUNK, "must be 0 with CELL.NORM 'BN' (BatchNorm couples the samples "
+              "of a batch, so the step cannot be taken in chunks of them); chunks need CELL.NORM 'GN' or ''")
+    fw, pf = c.FORWARD, p + "FORWARD."
+    _check_choice(fw, "SOLVER", tuple(FORWARD_SOLVERS), pf)
+    _check_number(fw, "WINDOW", pf, low=1, high=MAX_FORWARD_WINDOW, integer=True)
+    _check_number(fw, "BETA", pf, low=0, high=1, low_open=True)
+    _check_number(fw, "RIDGE", pf, low=0, high=1, high_open=True)
     b, pb = c.BACKWARD, p + "BACKWARD."
     _check_choice(b, "SOLVER", tuple(BACKWARD_SOLVERS), pb)
     _check_number(b, "MAX_VJPS", pb, low=0, high=MAX_STEPS, integer=True)

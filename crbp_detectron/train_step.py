@@ -171,7 +171,7 @@ class GuardedTrainer(CheckpointedParts, SimpleTrainer):
     def _refuse_non_finite_loss(self, loss_dict, losses):
         if _all_ranks_true(bool(torch.isfinite(losses.detach()))):
             return
-        bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v)}
+        bad = {k: float(v.detach()) for k, v in loss_dict.items() if not torch.isfinite(v)}
         raise FloatingPointError(
             f"Loss became infinite or NaN at iteration {self.iter} (on some rank; here: {bad or 'none'}); "
             "training stopped before the optimizer step, so the weights and the checkpoints are intact.")

@@ -23,7 +23,8 @@ def _settings(obj):
 
 def _block_settings(model):
     """Every recurrent block's training settings (mode, steps, Neumann, penalty) and cell options."""
-    return {name: (_settings(b), repr(b.backward_config), _settings(b.cell)) for name, b in recurrent_blocks(model).items()}
+    return {name: (_settings(b), repr(b.forward_config), repr(b.backward_config), _settings(b.cell))
+            for name, b in recurrent_blocks(model).items()}
 
 
 @pytest.mark.parametrize("name", PAIRS)

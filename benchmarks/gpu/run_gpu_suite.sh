@@ -59,7 +59,8 @@ run_stage 100 fpn -m benchmarks.recurrence --device cuda --workloads fpn --repea
 # 800x1333. Its table is rewritten after every RoI count / detection count.
 run_stage 90 model_cost -m benchmarks.model_cost --device cuda --rois 32 128 --train-configs \
     "feed-forward (model zoo)" crbp-5 crbp-20 crbp-40 "crbp-20 (recorded step)" bptt-20 \
-    "crbp-20 + recurrent FPN" "crbp-20, 64-channel state" --sizes 800x1333 --detections 100 --repeats 3 --out "$OUT"
+    "crbp-20 + recurrent FPN" "crbp-20, 64-channel state" "crbp-20, implicit step in chunks of 4" \
+    --sizes 800x1333 --detections 100 --repeats 3 --out "$OUT"
 
 echo "== [$(elapsed) s] done; files in $OUT:"
 ls -l "$OUT"

@@ -56,6 +56,12 @@ MODELS = {
                                      "pathfinder/crbp_continued_twice_steps64.yaml"),
     "bptt_continued_twice": ("hGRU BPTT, same memory, 3000 iterations (2000 more)",
                              "pathfinder/bptt_continued_twice.yaml"),
+    # the tracing recipe with the accelerated forward (Anderson, MODEL.CRBP.FORWARD), cycle by cycle
+    "crbp_anderson_steps64": ("hGRU C-RBP, 64 steps, Anderson forward", "pathfinder/crbp_anderson_steps64.yaml"),
+    "crbp_anderson_continued_steps64": ("hGRU C-RBP, 64 steps, Anderson forward, 2000 iterations (1000 more)",
+                                        "pathfinder/crbp_anderson_continued_steps64.yaml"),
+    "crbp_anderson_continued_twice_steps64": ("hGRU C-RBP, 64 steps, Anderson forward, 3000 iterations (2000 more)",
+                                              "pathfinder/crbp_anderson_continued_twice_steps64.yaml"),
     # the models at 10 channels, the experiment's width before 16, and the recipes tried there
     "crbp_channels10": ("hGRU C-RBP, 10 ch", "pathfinder/crbp_channels10.yaml"),
     "bptt_channels10": ("hGRU BPTT-1, 10 ch", "pathfinder/bptt_channels10.yaml"),
@@ -73,7 +79,9 @@ MODELS = {
 }
 # model: the model whose final weights (same seed) it starts from
 CONTINUES = {"crbp_continued_steps64": "crbp_steps64", "bptt_continued": "bptt", "cnn_continued": "cnn",
-             "crbp_continued_twice_steps64": "crbp_continued_steps64", "bptt_continued_twice": "bptt_continued"}
+             "crbp_continued_twice_steps64": "crbp_continued_steps64", "bptt_continued_twice": "bptt_continued",
+             "crbp_anderson_continued_steps64": "crbp_anderson_steps64",
+             "crbp_anderson_continued_twice_steps64": "crbp_anderson_continued_steps64"}
 DEFAULT_MODELS = ("crbp", "bptt", "cbptt", "rbp", "cnn")
 FEED_FORWARD = ("cnn", "cnn_channels10", "cnn_continued")  # no recurrence: no steps, no evolution, no equilibrium
 # the pictures' models (every model is in the tables)

@@ -7,7 +7,8 @@ from .collect import (BlockSummary, block_name, collect_recurrence, penalty_loss
                       recurrent_blocks, set_penalty_scale, summary_scalars)
 from .penalties import PENALTIES, jacobian_frobenius_penalty, lipschitz_penalty
 from .recurrence import IMPLICIT_STEPS, MODES, PENALIZED_MODES, Recurrence, RecurrenceRecord
-from .solver import IterationResult, iterate, relative_residual, samples_independent
+from .solver import (FORWARD_SOLVERS, FixedPointMap, ForwardConfig, IterationResult, iterate, register_forward_solver,
+                     relative_residual, samples_independent, solve_forward)
 from .stats import BackwardStats, RecurrenceStats
 
 __all__ = [k for k in dir() if not k.startswith("_")]

@@ -14,6 +14,11 @@ into the weights and x.
                re-derives the penalty from it, solves for z, and sends z and the penalty's
                incoming gradient into the weights and x with ONE autograd.grad through the
                recomputed graph. Same gradients; memory of two states instead of a step's graph.
+               In chunks of samples (`ImplicitStep.chunk`, for cells whose samples are independent:
+               dim 0, RoIs or images), the backward's peak is one chunk's graph instead of the
+               batch's: each VJP of the solve recomputes the step chunk by chunk (one more step's
+               forward per VJP), and the gradients are gathered chunk by chunk, the penalty's
+               double backward included. The same gradients, summed in another order.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,8 +89,12 @@ PenaltyFn = Callable[[torch.Tensor, torch.Tensor, bool], Optional[torch.Tensor]]
 class ImplicitStep:
     """What the recompute Function needs besides tensors (a plain object: not saved by autograd).
 
-    penalty(h_next, h_in, create_graph) -> penalty tensor (None: no penalty); it must compute the
-    penalty from the step exactly as the recorded path does (penalties.py), so options flow to both.
+    penalty(h_next, h_in, create_graph, of=None, record=True) -> penalty tensor (None: no penalty);
+    it must compute the penalty from the step exactly as the recorded path does (penalties.py), so
+    options flow to both. With `of` (the batch's number of state elements) h_next is a chunk of the
+    batch and the result the chunk's share of the batch's penalty (the shares sum to it); `record`
+    False: not to be counted in the statistics (a chunk's recomputation, which would count twice).
+    chunk: samples per chunk (0: the whole batch at once; see the module's docstring).
     """
 
     cell: nn.Module
@@ -94,6 +103,7 @@ class ImplicitStep:
     differentiable_penalty: bool
     on_backward: OnBackward
     params: List[torch.Tensor]
+    chunk: int = 0
 
 
 class _CellState:
@@ -147,21 +157,42 @@ def _detached(t):
     return t.detach()
 
 
+def sample_chunks(batch: int, chunk: int) -> List[slice]:
+    """Slices of dim 0 with `chunk` samples each; one slice of everything when chunk is 0 or
+    covers the batch."""
+    if chunk <= 0 or chunk >= batch:
+        return [slice(None)]
+    return [slice(i, min(i + chunk, batch)) for i in range(0, batch, chunk)]
+
+
 class _ImplicitStepFunction(torch.autograd.Function):
     """(x, h*, *params) -> (f(x, h*), penalty); keeps x, h* and the parameters only."""
 
     @staticmethod
     def forward(ctx, spec: ImplicitStep, x, h_star, *params):
         state = _CellState(spec.cell, x)
+        chunks = sample_chunks(h_star.shape[0], spec.chunk)
+        share_of = h_star.numel() if len(chunks) > 1 else None
         # The penalty's value needs one VJP, so the step runs with a graph here; that graph lives
-        # only inside this forward. Identity saved-tensor hooks keep an outer hook (e.g. one that
-        # measures what autograd keeps for the backward) from counting it as kept.
-        with torch.set_grad_enabled(spec.penalty is not None), \
-                torch.autograd.graph.saved_tensors_hooks(_detached, _identity):
-            h_in = h_star.detach().requires_grad_(spec.penalty is not None)
-            h_next = spec.cell(x.detach(), h_in)
-            penalty = spec.penalty(h_next, h_in, False) if spec.penalty is not None else None
-        ctx.spec, ctx.state, ctx.used = spec, state, False
+        # only inside this forward (one chunk's at a time). Identity saved-tensor hooks keep an
+        # outer hook (e.g. one that measures what autograd keeps for the backward) from counting
+        # it as kept.
+        outs, penalty = [], None
+        whole = None if len(chunks) == 1 else torch.empty_like(h_star)  # the chunks' outputs, in place
+        for rows in chunks:
+            with torch.set_grad_enabled(spec.penalty is not None), \
+                    torch.autograd.graph.saved_tensors_hooks(_detached, _identity):
+                h_in = h_star[rows].detach().requires_grad_(spec.penalty is not None)
+                h_next = spec.cell(x[rows].detach(), h_in)
+                if spec.penalty is not None:
+                    value = spec.penalty(h_next, h_in, False, of=share_of)
+                    penalty = value if penalty is None else penalty + value
+            if whole is None:
+                outs.append(h_next.detach())
+            else:
+                whole[rows] = h_next.detach()
+        h_next = outs[0] if whole is None else whole
+        ctx.spec, ctx.state, ctx.used, ctx.chunks = spec, state, False, chunks
         ctx.save_for_backward(x, h_star)
         ctx.has_penalty = penalty is not None
         if penalty is None:
@@ -179,6 +210,8 @@ class _ImplicitStepFunction(torch.autograd.Function):
         x, h_star = ctx.saved_tensors
         want_penalty = (ctx.has_penalty and spec.differentiable_penalty and grad_penalty is not None
                         and bool(grad_penalty.ne(0).any()))
+        if len(ctx.chunks) > 1:
+            return _ImplicitStepFunction._backward_in_chunks(ctx, grad_h, grad_penalty, want_penalty)
         x_in = x.detach().requires_grad_(ctx.needs_input_grad[1])
         params = spec.params
         wanted = [i for i, need in enumerate(ctx.needs_input_grad[3:]) if need]
@@ -209,6 +242,56 @@ class _ImplicitStepFunction(torch.autograd.Function):
                     result[3 + i] = g
         return tuple(result)
 
+    @staticmethod
+    def _backward_in_chunks(ctx, grad_h, grad_penalty, want_penalty):
+        """The backward chunk by chunk: no graph of the whole batch ever exists."""
+        spec, state, chunks = ctx.spec, ctx.state, ctx.chunks
+        x, h_star = ctx.saved_tensors
+        params, need_x = spec.params, ctx.needs_input_grad[1]
+        wanted = [i for i, need in enumerate(ctx.needs_input_grad[3:]) if need]
+        result = [None] * (3 + len(params))
+
+        def step(rows, x_grad: bool, h_grad: bool):
+            x_in = x[rows].detach().requires_grad_(x_grad)
+            h_in = h_star[rows].detach().requires_grad_(h_grad)
+            with state.autocast():
+                return x_in, h_in, spec.cell(x_in, h_in)
+
+        def vjp(v):  # the batch's VJP, one chunk's graph at a time
+            out = torch.empty_like(v)
+            for rows in chunks:
+                _, h_in, h_next = step(rows, False, True)
+                out[rows] = torch.autograd.grad(h_next, h_in, v[rows].to(h_next.dtype))[0]
+            return out
+
+        with state.replay():
+            if grad_h is None:
+                grad_h = torch.zeros_like(h_star)
+            z, stats = solve_backward(vjp, grad_h, spec.config)
+            if spec.on_backward is not None:
+                spec.on_backward(stats)
+            x_grad = torch.empty_like(x) if need_x else None
+            for rows in chunks:
+                x_in, h_in, h_next = step(rows, need_x, want_penalty)
+                outputs, grads = [h_next], [z[rows].to(h_next.dtype)]
+                if want_penalty:
+                    with state.autocast():
+                        penalty = spec.penalty(h_next, h_in, True, of=h_star.numel(), record=False)
+                    outputs.append(penalty)
+                    grads.append(grad_penalty.to(penalty.dtype))
+                inputs = ([x_in] if need_x else []) + [params[i] for i in wanted]
+                if not inputs:
+                    continue
+                got = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
+                if need_x:
+                    x_grad[rows] = 0 if got[0] is None else got[0]
+                    got = got[1:]
+                for i, g in zip(wanted, got):
+                    if g is not None:
+                        result[3 + i] = g if result[3 + i] is None else result[3 + i] + g
+            result[1] = x_grad
+        return tuple(result)
+
 
 def implicit_step(spec: ImplicitStep, x: torch.Tensor, h_star: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(f(x, h*) with the RBP gradient, the penalty (a zero tensor when there is none)), keeping
@@ -221,4 +304,4 @@ def trainable_parameters(module: nn.Module) -> List[torch.Tensor]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-__all__: Sequence[str] = ("attach_rbp_gradient", "implicit_step", "ImplicitStep", "trainable_parameters")
+__all__: Sequence[str] = ("attach_rbp_gradient", "implicit_step", "ImplicitStep", "sample_chunks", "trainable_parameters")

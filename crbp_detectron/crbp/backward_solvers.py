@@ -137,6 +137,9 @@ def _no_net_decrease(norms, window: int) -> bool:
     return max(norms[-window:]) >= max(norms[-2 * window:-window])
 
 
+PROJECTION_SEGMENT = 1 << 20  # elements
+
+
 @register_backward_solver("gmres")
 def gmres(vjp: VJP, g: torch.Tensor, config: BackwardConfig) -> Tuple[torch.Tensor, BackwardStats]:
     """Restarted GMRES(restart) with classical Gram-Schmidt applied twice (CGS2: orthogonal to
@@ -147,27 +150,36 @@ def gmres(vjp: VJP, g: torch.Tensor, config: BackwardConfig) -> Tuple[torch.Tens
     tol = _reachable_tol(config, g.dtype)
     n = g.numel()
     stats = BackwardStats(solver="gmres")
-    z = torch.zeros_like(g).reshape(-1)
-    r = g.reshape(-1).clone()
+    # Memory: the basis and two state-sized vectors at most. The solve's peak is the backward's
+    # (issue 27), so no other vector is kept: the residual is g until a restart, z exists only once a
+    # cycle ends, and the last basis vector of the budget's last cycle is never written (only a
+    # restart would use it).
+    z = None
+    r = g.reshape(-1)
     beta = g_norm
     residual = 1.0
     stats.residual = 1.0  # of z = 0
     while stats.vjps < config.max_vjps and residual >= tol:
         m = min(config.restart, config.max_vjps - stats.vjps)
         basis = g.new_empty((m + 1, n))
-        basis[0] = r / beta
+        torch.div(r, beta, out=basis[0])
+        r = None
         hess = torch.zeros((m + 1, m), dtype=torch.float64)
         cs, sn = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
         gamma = torch.zeros(m + 1, dtype=torch.float64)
         gamma[0] = beta
         steps, breakdown, bad = 0, False, False
         for j in range(m):
-            w = basis[j] - vjp(basis[j].view_as(g)).reshape(-1)  # (I - J^T) v_j
+            w = vjp(basis[j].view_as(g)).reshape(-1)
+            if w.untyped_storage().data_ptr() == basis.untyped_storage().data_ptr():
+                w = w.clone()  # a VJP that returned its input (J = I): never write into the basis
+            w = torch.sub(basis[j], w, out=w)  # (I - J^T) v_j, in the VJP's own storage
             stats.vjps += 1
             coeffs = torch.zeros(j + 1, dtype=g.dtype, device=g.device)
             for _ in range(2):  # CGS2
                 c = basis[:j + 1] @ w
-                w = w - basis[:j + 1].T @ c
+                for s in range(0, n, PROJECTION_SEGMENT):  # the projection's temporary: a segment's, not a state's
+                    w[s:s + PROJECTION_SEGMENT].sub_(basis[:j + 1, s:s + PROJECTION_SEGMENT].T @ c)
                 coeffs = coeffs + c
             h_next = float(w.norm())
             column = torch.cat([coeffs.double().cpu(), torch.tensor([h_next], dtype=torch.float64)])
@@ -188,12 +200,16 @@ def gmres(vjp: VJP, g: torch.Tensor, config: BackwardConfig) -> Tuple[torch.Tens
             if residual < tol or h_next <= 1e-14 * beta:
                 breakdown = h_next <= 1e-14 * beta
                 break
-            basis[j + 1] = w / h_next
+            if stats.vjps < config.max_vjps:
+                torch.div(w, h_next, out=basis[j + 1])
+            del w
         if steps == 0:  # the first step of this cycle was not finite
             stats.diverged = stats.diverged or bad
             break
         y = torch.linalg.solve_triangular(hess[:steps, :steps], gamma[:steps, None], upper=True)[:, 0]
-        z_new = z + basis[:steps].T @ y.to(g.dtype).to(g.device)
+        step = basis[:steps].T @ y.to(g.dtype).to(g.device)
+        z_new = step if z is None else z + step
+        del step
         z_norm = float(z_new.norm())
         if not math.isfinite(z_norm) or z_norm > config.growth_bound * g_norm:
             stats.diverged = True  # keep the previous iterate, whose residual is known
@@ -203,7 +219,7 @@ def gmres(vjp: VJP, g: torch.Tensor, config: BackwardConfig) -> Tuple[torch.Tens
         if bad:
             stats.diverged = True
             break
-        if residual < tol or breakdown:
+        if residual < tol or breakdown or stats.vjps >= config.max_vjps:
             break
         # The next cycle restarts from the residual, from the Arnoldi relation (no extra VJP):
         # r = V_{m+1} Q^T (gamma_{m+1} e_{m+1}), Q the product of the Givens rotations.
@@ -217,7 +233,7 @@ def gmres(vjp: VJP, g: torch.Tensor, config: BackwardConfig) -> Tuple[torch.Tens
         if beta == 0.0:
             break
     stats.converged = stats.residual < tol
-    return z.view_as(g), stats
+    return (torch.zeros_like(g) if z is None else z.view_as(g)), stats
 
 
 @register_backward_solver("bicgstab")

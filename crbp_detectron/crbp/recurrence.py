@@ -13,15 +13,19 @@ keeps only x, h* and the parameters and recomputes the step and the penalty in t
 
 In eval mode (or under torch.no_grad) the block runs `test_steps` iterations with no graph; if
 gradients are enabled in eval mode they flow with the RBP gradient, in every mode (but not while
-traced or exported: torch.jit.trace, torch.export and ONNX get the graph-free iteration). With `tol` > 0
-every sample (dim 0) stops once its estimated distance to the fixed point is under `tol`
-(solver.py), and stopped samples stop costing compute where the cell allows it.
+traced or exported: torch.jit.trace, torch.export and ONNX get the graph-free iteration). The
+graph-free iterations are a forward solver's (solver.py: plain iteration, or Anderson acceleration),
+with `steps` (`test_steps`) as its budget of cell evaluations, the recorded step included. With
+`tol` > 0 every sample (dim 0) stops once it has converged (for plain iteration: its estimated
+distance to the fixed point is under `tol`; for Anderson: its relative residual), and stopped
+samples stop costing compute where the cell allows it.
 
 A note on gated cells: at an exact equilibrium a GRU-style update h = (1-g) h + g h~ satisfies
 g * (h~(h*) - h*) = 0 with g > 0, so h* = h~(h*): the gate sets how fast h moves, not where it
 settles, and the implicit (RBP) gradient of the task loss w.r.t. the gate's parameters is zero.
 Only the penalty and unconverged steps train them.
 """
+import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -32,7 +36,7 @@ from .arguments import check_choice
 from .backward import ImplicitStep, attach_rbp_gradient, implicit_step, trainable_parameters
 from .backward_solvers import BACKWARD_SOLVERS, BackwardConfig
 from .penalties import PENALTIES, REDUCTIONS, jacobian_frobenius_penalty, lipschitz_penalty
-from .solver import IterationResult, iterate, relative_residual
+from .solver import FixedPointMap, ForwardConfig, IterationResult, relative_residual, samples_independent, solve_forward
 from .stats import BackwardStats, RecurrenceStats
 
 MODES = ("crbp", "rbp", "bptt", "cbptt")
@@ -65,13 +69,21 @@ class Recurrence(nn.Module):
         mode: one of MODES.
         steps: iterations in training, the recorded one included (>= 1).
         test_steps: iterations in eval (defaults to `steps`).
-        tol: per-sample early stop of the graph-free iterations once the estimated relative
-            distance to the fixed point is under `tol` (0 disables the early stop).
+        tol: per-sample early stop of the graph-free iterations once a sample has converged to
+            `tol` (solver.py says what each solver compares with it; 0 disables the early stop).
+        forward_solver: "plain" or "anderson" (solver.py), the solver of the graph-free
+            iterations, in training and evaluation; forward_window, forward_beta, forward_ridge:
+            Anderson's window, mixing and regularisation (ForwardConfig).
         backward_solver: "gmres", "neumann" or "bicgstab" (backward_solvers.py);
         backward_max_vjps, backward_tol, backward_restart: its VJP budget, relative residual
             tolerance, and GMRES restart length; divergence_window, divergence_growth_bound: what
             counts as divergence (BackwardConfig).
         implicit_step: "recompute" or "recorded" (how the step at h* is kept for the backward).
+        implicit_chunk: with "recompute", the step at h* (its penalty's value in the forward; its
+            recomputation, VJPs and gradients in the backward) over this many samples at a time
+            (0: all at once): the backward's peak memory holds one chunk's graph, at the cost of
+            one more step's forward per VJP; the same gradients. Needs a cell whose samples are
+            independent (solver.samples_independent: not BatchNorm with batch statistics).
         penalty: "lcp", "jacobian_frobenius" or "none".
         lcp_lambda: the LCP's target lambda; penalty_reduction: "mean" or "sum" over elements.
         lcp_absolute: penalise |1^T J| instead of the signed column sums 1^T J (large negative
@@ -92,6 +104,10 @@ class Recurrence(nn.Module):
         steps: int = 20,
         test_steps: Optional[int] = None,
         tol: float = 0.0,
+        forward_solver: str = "plain",
+        forward_window: int = 5,
+        forward_beta: float = 1.0,
+        forward_ridge: float = 1e-6,
         backward_solver: str = "gmres",
         backward_max_vjps: int = 15,
         backward_tol: float = 1e-10,
@@ -99,6 +115,7 @@ class Recurrence(nn.Module):
         divergence_window: int = 100,
         divergence_growth_bound: float = 1e6,
         implicit_step: str = "recompute",
+        implicit_chunk: int = 0,
         penalty: str = "lcp",
         lcp_lambda: float = 0.9,
         penalty_reduction: str = "mean",
@@ -116,15 +133,23 @@ class Recurrence(nn.Module):
             raise ValueError(f"steps and test_steps must be >= 1, got {steps} and {test_steps}")
         if not tol >= 0:
             raise ValueError(f"tol must be >= 0, got {tol}")
+        if not (isinstance(implicit_chunk, int) and implicit_chunk >= 0):
+            raise ValueError(f"implicit_chunk must be an integer >= 0 (0: all samples at once), got {implicit_chunk!r}")
+        if implicit_chunk and implicit_step != "recompute":
+            raise ValueError(f"implicit_chunk = {implicit_chunk} needs implicit_step 'recompute' (the recorded step "
+                             f"keeps the whole batch's graph), got implicit_step {implicit_step!r}")
         self.cell = cell
         self.mode = mode
         self.steps = steps
         self.test_steps = test_steps
         self.tol = tol
+        self.forward_config = ForwardConfig(solver=forward_solver, window=forward_window, beta=forward_beta,
+                                            ridge=forward_ridge)
         self.backward_config = BackwardConfig(
             solver=backward_solver, max_vjps=backward_max_vjps, tol=backward_tol,
             growth_bound=divergence_growth_bound, window=divergence_window, restart=backward_restart)
         self.implicit_step = implicit_step
+        self.implicit_chunk = implicit_chunk
         self.penalty = penalty
         self.lcp_lambda = lcp_lambda
         self.penalty_reduction = penalty_reduction
@@ -140,8 +165,9 @@ class Recurrence(nn.Module):
 
     def extra_repr(self):
         return (f"mode={self.mode}, steps={self.steps}, test_steps={self.test_steps}, tol={self.tol}, "
+                f"forward={self.forward_config.solver}, "
                 f"backward={self.backward_config.solver}({self.backward_config.max_vjps}), "
-                f"implicit_step={self.implicit_step}, penalty={self.penalty}, "
+                f"implicit_step={self.implicit_step}, implicit_chunk={self.implicit_chunk}, penalty={self.penalty}, "
                 f"lcp_lambda={self.lcp_lambda}, weight={self.penalty_weight}")
 
     # ------------------------------------------------------------------ forward
@@ -164,7 +190,7 @@ class Recurrence(nn.Module):
         elif grad:
             h, stats, loss = self._implicit(x, h, steps, trace, with_penalty=self.training)
         else:
-            run = iterate(self.cell, x, h, steps, self.tol, trace)
+            run = self._solve(x, h, steps, trace)
             h, stats, loss = run.h, self._stats(run, trace), None
         record = RecurrenceRecord(loss, stats)
         if return_record:  # the caller takes the record; nothing is left on the block
@@ -181,29 +207,38 @@ class Recurrence(nn.Module):
         init = getattr(self.cell, "initial_state", None)
         return init(x) if callable(init) else torch.zeros_like(x)
 
+    def _solve(self, x, h, budget, trace) -> IterationResult:
+        """The graph-free iterations: the forward solver on h -> cell(x, h)."""
+        return solve_forward(FixedPointMap(self.cell, x), h, budget, self.tol, self.forward_config, trace)
+
     def _stats(self, run: IterationResult, trace, extra_steps: int = 0) -> RecurrenceStats:
         stats = RecurrenceStats(mode=self.mode, steps=run.steps + extra_steps, residual=run.residual,
-                                converged=False, residual_trace=trace)
+                                converged=False, residual_trace=trace, evaluations=float(run.steps + extra_steps))
         if self.tol > 0 and run.distance is not None and run.distance.numel():
             converged = run.distance < self.tol
             stats.converged = bool(converged.all())
             stats.converged_fraction = float(converged.double().mean())
             stats.distance = float(run.distance.max())
             stats.mean_steps = float(run.sample_steps.double().mean()) + extra_steps
+            stats.evaluations = stats.mean_steps
         return stats
 
     def _implicit(self, x, h, steps, trace, with_penalty):
         """N-1 graph-free steps, one step at h* with the RBP gradient (and the penalty)."""
-        run = iterate(self.cell, x, h, steps - 1, self.tol, trace)
+        run = self._solve(x, h, steps - 1, trace)
         stats = self._stats(run, trace, extra_steps=1)
         penalised = with_penalty and self.penalty != "none"
         differentiable = penalised and self._penalty_trains
         penalty_fn = self._penalty_fn(stats) if penalised else None
         h_star = run.h.detach()
         if self.implicit_step == "recompute":
+            if self.implicit_chunk and h_star.shape[0] > self.implicit_chunk and not samples_independent(self.cell):
+                raise ValueError(f"implicit_chunk = {self.implicit_chunk}: this cell couples the samples of a batch "
+                                 "(BatchNorm with batch statistics), so its step cannot be taken in chunks of "
+                                 "samples; use implicit_chunk 0")
             spec = ImplicitStep(cell=self.cell, config=self.backward_config, penalty=penalty_fn,
                                 differentiable_penalty=differentiable, on_backward=self._backward_hook(stats),
-                                params=trainable_parameters(self.cell))
+                                params=trainable_parameters(self.cell), chunk=self.implicit_chunk)
             h_next, value = implicit_step(spec, x, h_star)
         else:
             h_star = h_star.requires_grad_()
@@ -230,7 +265,8 @@ class Recurrence(nn.Module):
             if self.tol > 0 and residual < self.tol:
                 break
         stats = RecurrenceStats(mode=self.mode, steps=run, residual=residual,
-                                converged=self.tol > 0 and residual < self.tol, residual_trace=trace)
+                                converged=self.tol > 0 and residual < self.tol, residual_trace=trace,
+                                evaluations=float(run))
         loss = None
         if self.penalty != "none":
             differentiable = self._penalty_trains
@@ -248,19 +284,33 @@ class Recurrence(nn.Module):
         return self.penalty_weight * self.penalty_scale * value
 
     def _penalty_fn(self, stats: RecurrenceStats):
-        """penalty(h_next, h_in, create_graph) -> the unweighted penalty; fills the stats. The one
-        place both implicit steps and BPTT compute the penalty (through penalties.py)."""
-        def penalty(h_next, h_in, create_graph):
+        """penalty(h_next, h_in, create_graph, of=None, record=True) -> the unweighted penalty; fills
+        the stats. The one place both implicit steps and BPTT compute the penalty (through
+        penalties.py). With `of` (the batch's state elements) h_next is a chunk of the batch and the
+        result the chunk's share (backward.ImplicitStep); its statistics add to the earlier chunks'."""
+        def penalty(h_next, h_in, create_graph, of=None, record=True):
+            column_max = None
             if self.penalty == "lcp":
+                reduction = self.penalty_reduction if of is None else "sum"
                 value, column_sums = lipschitz_penalty(
-                    h_next, h_in, self.lcp_lambda, self.penalty_reduction, create_graph=create_graph,
+                    h_next, h_in, self.lcp_lambda, reduction, create_graph=create_graph,
                     absolute=self.lcp_absolute)
+                if of is not None and self.penalty_reduction == "mean":
+                    value = value / of
                 if column_sums.numel():
-                    stats.max_column_sum = float(column_sums.detach().max())
-            else:
+                    column_max = float(column_sums.detach().max())
+            else:  # a mean over elements; a chunk draws its own random vectors
                 value = jacobian_frobenius_penalty(
                     h_next, h_in, self.hutchinson_samples, create_graph=create_graph)
-            stats.penalty = float(value.detach())
+                if of is not None:
+                    value = value * (h_in.numel() / of)
+            if record and of is None:
+                stats.max_column_sum = column_max if column_max is not None else stats.max_column_sum
+                stats.penalty = float(value.detach())
+            elif record:
+                if column_max is not None:
+                    stats.max_column_sum = max(column_max, stats.max_column_sum or -math.inf)
+                stats.penalty = (stats.penalty or 0.0) + float(value.detach())
             return value
         return penalty
 

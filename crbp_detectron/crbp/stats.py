@@ -33,10 +33,15 @@ class RecurrenceStats:
     mode: str
     steps: int  # iterations run (the recorded step included; the longest-running sample's)
     residual: Union[float, torch.Tensor]  # final relative residual ||h_t+1 - h_t|| / ||h_t+1|| (whole batch)
-    converged: bool  # every sample's distance estimate under the tolerance (False without one)
+    converged: bool  # every sample converged to the tolerance (False without one)
     mean_steps: Optional[float] = None  # iterations per sample, averaged (with a tolerance)
-    converged_fraction: Optional[float] = None  # samples whose distance estimate is under it
-    distance: Optional[float] = None  # largest per-sample estimate of ||h - h*|| / ||h||
+    # Cell evaluations per sample, averaged, the recorded step included: the forward's cost (with
+    # a tolerance, mean_steps; without one, steps).
+    evaluations: Optional[float] = None
+    converged_fraction: Optional[float] = None  # samples that converged to it
+    # Largest per-sample convergence measure (with a tolerance; what the forward solver compares
+    # with it: plain, an estimate of ||h - h*|| / ||h||; anderson, the relative residual).
+    distance: Optional[float] = None
     penalty: Optional[float] = None  # value of the contraction penalty, if computed
     max_column_sum: Optional[float] = None  # max_j (1^T J)_j, from the LCP's VJP
     residual_trace: Optional[List[float]] = None  # residual after each step, if asked for
@@ -49,7 +54,7 @@ class RecurrenceStats:
             "residual": float(self.residual),
             "converged": float(self.converged),
         }
-        for key in ("mean_steps", "converged_fraction", "distance"):
+        for key in ("mean_steps", "converged_fraction", "distance", "evaluations"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.penalty is not None:

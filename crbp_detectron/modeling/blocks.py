@@ -14,10 +14,11 @@ _NORMS = {"GN": "group", "BN": "batch", "": "none"}
 
 def recurrence_kwargs_from_cfg(cfg) -> dict:
     """Recurrence(...) keyword arguments from MODEL.CRBP."""
-    c, b = cfg.MODEL.CRBP, cfg.MODEL.CRBP.BACKWARD
+    c, b, fw = cfg.MODEL.CRBP, cfg.MODEL.CRBP.BACKWARD, cfg.MODEL.CRBP.FORWARD
     return dict(
         mode=c.MODE, steps=c.STEPS, test_steps=c.TEST_STEPS or None, tol=c.TOL,
-        implicit_step=c.IMPLICIT_STEP, backward_solver=b.SOLVER, backward_max_vjps=b.MAX_VJPS,
+        forward_solver=fw.SOLVER, forward_window=fw.WINDOW, forward_beta=fw.BETA, forward_ridge=fw.RIDGE,
+        implicit_step=c.IMPLICIT_STEP, implicit_chunk=c.IMPLICIT_CHUNK, backward_solver=b.SOLVER, backward_max_vjps=b.MAX_VJPS,
         backward_tol=b.TOL, backward_restart=b.RESTART, divergence_window=b.DIVERGENCE_WINDOW,
         divergence_growth_bound=b.GROWTH_BOUND, penalty=c.PENALTY, lcp_lambda=c.LCP_LAMBDA,
         lcp_absolute=c.LCP_ABSOLUTE,

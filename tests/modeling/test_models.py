@@ -147,6 +147,16 @@ def test_config_file_lookup(tmp_path, monkeypatch):
     (["MODEL.CRBP.BACKWARD.DIVERGENCE_WINDOW", 0], "MODEL.CRBP.BACKWARD.DIVERGENCE_WINDOW"),
     (["MODEL.CRBP.BACKWARD.GROWTH_BOUND", 1.0], "MODEL.CRBP.BACKWARD.GROWTH_BOUND"),
     (["MODEL.CRBP.IMPLICIT_STEP", "saved"], "MODEL.CRBP.IMPLICIT_STEP"),
+    (["MODEL.CRBP.IMPLICIT_CHUNK", -1], "MODEL.CRBP.IMPLICIT_CHUNK"),
+    (["MODEL.CRBP.IMPLICIT_CHUNK", 4, "MODEL.CRBP.IMPLICIT_STEP", "recorded"], "MODEL.CRBP.IMPLICIT_CHUNK"),
+    (["MODEL.CRBP.IMPLICIT_CHUNK", 4, "MODEL.CRBP.CELL.NORM", "BN"], "MODEL.CRBP.IMPLICIT_CHUNK"),
+    (["MODEL.CRBP.FORWARD.SOLVER", "newton"], "MODEL.CRBP.FORWARD.SOLVER"),
+    (["MODEL.CRBP.FORWARD.WINDOW", 0], "MODEL.CRBP.FORWARD.WINDOW"),
+    (["MODEL.CRBP.FORWARD.WINDOW", 1000], "MODEL.CRBP.FORWARD.WINDOW"),
+    (["MODEL.CRBP.FORWARD.BETA", 0.0], "MODEL.CRBP.FORWARD.BETA"),
+    (["MODEL.CRBP.FORWARD.BETA", 1.5], "MODEL.CRBP.FORWARD.BETA"),
+    (["MODEL.CRBP.FORWARD.RIDGE", -1e-3], "MODEL.CRBP.FORWARD.RIDGE"),
+    (["MODEL.CRBP.FORWARD.RIDGE", 1.0], "MODEL.CRBP.FORWARD.RIDGE"),
     (["MODEL.CRBP.CELL.KERNEL_SIZE", 4], "MODEL.CRBP.CELL.KERNEL_SIZE"),
     (["MODEL.CRBP.CELL.TYPE", "lstm"], "MODEL.CRBP.CELL.TYPE"),
     (["MODEL.CRBP.CELL.NUM_GROUPS", 24], "MODEL.CRBP.CELL.NUM_GROUPS"),
@@ -235,7 +245,7 @@ def test_training_batch_without_any_thing():
     cfg = load_config("panoptic_crbp.yaml", TINY)
     _, losses, _ = train_step(cfg, batch)
     assert all(torch.isfinite(v) for v in losses.values()), losses
-    assert float(losses["loss_penalty/roi_heads.mask_head"]) == 0.0
+    assert float(losses["loss_penalty/roi_heads.mask_head"].detach()) == 0.0
 
 
 def test_backward_and_implicit_step_keys_reach_every_block():
@@ -249,6 +259,30 @@ def test_backward_and_implicit_step_keys_reach_every_block():
         b = block.backward_config
         assert (b.solver, b.max_vjps, b.restart, b.growth_bound, b.window) == ("bicgstab", 7, 3, 1e3, 9)
         assert block.implicit_step == "recorded" and block.tol == 1e-3
+
+
+def test_implicit_chunk_reaches_every_block_and_trains_a_step():
+    cfg = load_config("COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml", TINY + ["MODEL.CRBP.IMPLICIT_CHUNK", 2])
+    model, losses, _ = train_step(cfg)
+    assert all(block.implicit_chunk == 2 for block in recurrent_blocks(model).values())
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "recurrence" in n)
+
+
+def test_forward_solver_keys_reach_every_block_and_its_statistics_reach_event_storage():
+    cfg = load_config("COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml", TINY + [
+        "MODEL.CRBP.FORWARD.SOLVER", "anderson", "MODEL.CRBP.FORWARD.WINDOW", 3, "MODEL.CRBP.FORWARD.BETA", 0.7,
+        "MODEL.CRBP.FORWARD.RIDGE", 1e-5, "MODEL.CRBP.STEPS", 30, "MODEL.CRBP.TOL", 1e-3])
+    model, losses, storage = train_step(cfg)
+    blocks = recurrent_blocks(model)
+    assert len(blocks) == 5 and all(torch.isfinite(v) for v in losses.values())
+    for name, block in blocks.items():
+        assert (block.forward_config.solver, block.forward_config.window, block.forward_config.beta,
+                block.forward_config.ridge) == ("anderson", 3, 0.7, 1e-5)
+        latest = storage.latest()
+        evaluations = latest[f"crbp/{name}/evaluations"][0]
+        assert 1 < evaluations <= 30 and latest[f"crbp/{name}/residual"][0] >= 0
+        assert evaluations == latest[f"crbp/{name}/mean_steps"][0]  # with a tolerance: the per-sample mean
 
 
 def _recurrent_step_flops(state_channels, channels=32):
