@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.demo_compare import (_rle, command_line, comparison_parser, mean_std, panoptic_results,  # noqa: E402
-                                     seconds_per_iteration, train)
+                                     seconds_per_iteration, train, training_saved_bytes)
 from benchmarks.machine import machine_info, machine_line  # noqa: E402
 from crbp_detectron.tables import markdown_table  # noqa: E402
 
@@ -51,9 +51,12 @@ MODELS = {  # name: (config, label)
     "feedforward": ("contours/panoptic_fpn_contours.yaml", "Panoptic FPN (feed-forward)"),
     "crbp": ("contours/panoptic_crbp_contours.yaml", "C-RBP Panoptic FPN"),
     "crbp_state8": ("contours/panoptic_crbp_state8_contours.yaml", "C-RBP Panoptic FPN, 8-channel state"),
+    "bptt": ("contours/panoptic_bptt_contours.yaml", "BPTT, memory-matched (1 step)"),
+    "rbp": ("contours/panoptic_rbp_contours.yaml", "RBP, no penalty"),
 }
 DEFAULT_MODELS = tuple(MODELS)
 SPLIT = "test"
+TEST_STEPS_PREFIX = "test_steps_"  # the --test-steps diagnostic's JSON, beside the runs'
 GROUPS = ("crossing", "single")
 PICTURE_INSTANCES = 6
 TEST_OPTS = ["DATASETS.TEST", f"('crbp_contours_{SPLIT}_separated',)"]  # every run is evaluated on the test split
@@ -112,14 +115,34 @@ def contour_instances(image):
     return contours, masks, masks.any(0)
 
 
+CORNER_REACH = 0.15  # of the box's shorter side: how near a box corner a contour must come to "reach" it
+
+
+def spans_box_diagonal(pixels, box, reach=CORNER_REACH):
+    """Whether the pixels (a boolean image) come within `reach` x the box's shorter side (at least
+    2 px) of both corners of one of the XYXY box's diagonals: a contour running corner to corner."""
+    ys, xs = np.nonzero(pixels)
+    if len(xs) == 0:
+        return False
+    x0, y0, x1, y1 = box
+    radius = max(reach * min(x1 - x0, y1 - y0), 2.0)
+    centres_x, centres_y = xs + 0.5, ys + 0.5
+    near = {(cx, cy): bool((np.hypot(centres_x - cx, centres_y - cy) <= radius).any())
+            for cx in (x0, x1) for cy in (y0, y1)}
+    return (near[x0, y0] and near[x1, y1]) or (near[x1, y0] and near[x0, y1])
+
+
 def grouping_bounds(paths, mask_size: int) -> dict:
     """Per contour of the split: the resolution bound and the non-grouping bound (see the module's
-    docstring). Returns {group: {"n", "resolution_bound", "non_grouping_bound"}} (means) and
-    "all"."""
+    docstring), and how often, inside the instance's box, the contour itself and another contour
+    each run corner to corner (`spans_box_diagonal`): then the box alone does not say which of the
+    two is the instance. Returns {group: {"n", "resolution_bound", "non_grouping_bound",
+    "own_spans_box", "other_spans_box"}} (means) and "all"."""
     from detectron2.layers.mask_ops import paste_masks_in_image
     from detectron2.structures import BitMasks, Boxes
 
-    values = {g: {"resolution_bound": [], "non_grouping_bound": []} for g in GROUPS}
+    keys = ("resolution_bound", "non_grouping_bound", "own_spans_box", "other_spans_box")
+    values = {g: {k: [] for k in keys} for g in GROUPS}
     for image in split_images(paths):
         contours, masks, every = contour_instances(image)
         if not contours:
@@ -130,12 +153,27 @@ def grouping_bounds(paths, mask_size: int) -> dict:
         for t, mask, back in zip(contours, masks, pasted):
             group = values["crossing" if t["crossing"] else "single"]
             group["resolution_bound"].append(iou(back, mask))
-            group["non_grouping_bound"].append(iou(every & box_region(t["box"], mask.shape), mask))
+            in_box = box_region(t["box"], mask.shape)
+            group["non_grouping_bound"].append(iou(every & in_box, mask))
+            group["own_spans_box"].append(float(spans_box_diagonal(mask & in_box, t["box"])))
+            group["other_spans_box"].append(float(spans_box_diagonal(every & ~mask & in_box, t["box"])))
     out = {g: {"n": len(v["resolution_bound"]), **{k: float(np.mean(x)) if x else None for k, x in v.items()}}
            for g, v in values.items()}
-    both = {k: values["crossing"][k] + values["single"][k] for k in ("resolution_bound", "non_grouping_bound")}
+    both = {k: values["crossing"][k] + values["single"][k] for k in keys}
     out["all"] = {"n": len(both["resolution_bound"]), **{k: float(np.mean(x)) for k, x in both.items()}}
     return out
+
+
+DEPTH_BINS = [0.0, 0.1, 0.2, 0.3, 0.51]
+
+
+def box_depth(box, shape):
+    """Per pixel: distance (px) of its centre to the nearest side of the XYXY box over the box's
+    shorter side (0 at the sides, 0.5 at the centre of a square box); < 0 outside the box."""
+    x0, y0, x1, y1 = box
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]] + 0.5
+    inside = np.minimum.reduce([xs - x0, x1 - xs, ys - y0, y1 - ys])
+    return inside / max(min(x1 - x0, y1 - y0), 1e-6)
 
 
 # ---------------------------------------------------------------------------- the model's side
@@ -225,6 +263,70 @@ def measure_grouping(predictor, paths, picture_keys=()):
     return instances, pictures
 
 
+class DepthProfile:
+    """Mean mask probability on an instance's own pixels and on other contours' pixels in its box, by
+    depth into the box (`box_depth`, DEPTH_BINS): a head that follows its contour keeps own above
+    other at the box's centre, where the crossing is, as well as at its sides, where the contour
+    enters the box."""
+
+    def __init__(self):
+        self.sums = {k: np.zeros((len(DEPTH_BINS) - 1, 2)) for k in ("own", "other")}  # (sum, count) per bin
+
+    def add(self, probability, own, others, box):
+        depth = box_depth(box, own.shape)
+        for key, where in (("own", own), ("other", others)):
+            bins = np.clip(np.digitize(depth[where], DEPTH_BINS) - 1, 0, len(DEPTH_BINS) - 2)
+            np.add.at(self.sums[key], (bins, 0), probability[where])
+            np.add.at(self.sums[key], (bins, 1), 1)
+
+    def result(self):
+        return {"bins": DEPTH_BINS, **{k: [float(s / n) if n else None for s, n in v] for k, v in self.sums.items()}}
+
+
+@torch.no_grad()
+def probability_by_depth(predictor, paths):
+    """The DepthProfile of the split's crossing contours, oracle boxes."""
+    from crbp_detectron.inference import read_image_rgb
+
+    to_contiguous = predictor.metadata.thing_dataset_id_to_contiguous_id
+    profile = DepthProfile()
+    for image in split_images(paths):
+        crossing = [t for t in image["things"] if t["crossing"]]
+        if not crossing:
+            continue
+        rgb = read_image_rgb(image["image_path"])
+        _, probs = oracle_mask_probabilities(predictor.model, predictor.cfg, rgb, [t["box"] for t in crossing],
+                                             [to_contiguous[t["category_id"]] for t in crossing])
+        _, _, every = contour_instances(image)
+        for t, prob in zip(crossing, probs):
+            own = image["ids"] == t["id"]
+            profile.add(prob, own, every & ~own & box_region(t["box"], own.shape), t["box"])
+    return profile.result()
+
+
+def test_steps_diagnostic(model_name, weights, steps_list, threads, paths, split="val"):
+    """One trained recurrent model at several test-time steps: oracle-box grouping measurements and
+    the probabilities by depth into the box, on the validation split."""
+    from crbp_detectron.config import load_config
+    from crbp_detectron.data.contours import CONTOUR_CATEGORY
+    from crbp_detectron.engine import register_datasets
+    from crbp_detectron.inference import Predictor
+
+    torch.set_num_threads(threads)
+    rows = []
+    for steps in steps_list:
+        cfg = load_config(MODELS[model_name][0], ["MODEL.WEIGHTS", weights, "MODEL.CRBP.STEPS", str(steps),
+                                                  "DATASETS.TEST", f"('crbp_contours_{split}_separated',)"])
+        register_datasets(cfg)
+        predictor = Predictor(cfg)
+        instances, _ = measure_grouping(predictor, paths[split])
+        rows.append({"steps": steps, "grouping": summarise(instances, CONTOUR_CATEGORY["id"]),
+                     "crossing_by_depth": probability_by_depth(predictor, paths[split])})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"model": model_name, "label": MODELS[model_name][1], "weights": os.path.basename(weights),
+            "split": split, "rows": rows}
+
+
 def picture_instances(paths, count=PICTURE_INSTANCES):
     """The crossing contours shown in the picture: the first `count` of the split, one per image."""
     keys = []
@@ -255,12 +357,8 @@ def summarise(instances, contour_id):
 
 
 def measure(model_name, seed, run_dir, threads, opts, paths):
-    from detectron2.utils.events import EventStorage
-
     from crbp_detectron.config import load_config
-    from crbp_detectron.crbp.memory import saved_bytes
     from crbp_detectron.data.contours import CONTOUR_CATEGORY
-    from crbp_detectron.engine import Trainer as CRBPTrainer
     from crbp_detectron.engine import register_datasets
     from crbp_detectron.inference import Predictor
 
@@ -278,17 +376,7 @@ def measure(model_name, seed, run_dir, threads, opts, paths):
               "seconds_per_iteration": seconds_per_iteration(metrics_json),
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "grouping": summarise(instances, CONTOUR_CATEGORY["id"]), "instances": instances, "pictures": pictures}
-    loader_cfg = cfg.clone()  # training memory: the same first batch (sampler seed 0) for every model and seed
-    loader_cfg.defrost()
-    loader_cfg.SEED = 0
-    batch = next(iter(CRBPTrainer.build_train_loader(loader_cfg)))
-    model.train()
-    torch.manual_seed(0)
-    with EventStorage(0):
-        nbytes, losses = saved_bytes(lambda: sum(model(batch).values()), exclude=list(model.parameters()))
-    del losses
-    result["saved_for_backward_bytes"] = nbytes
-    model.eval()
+    result["saved_for_backward_bytes"] = training_saved_bytes(model, cfg)
     return result
 
 
@@ -297,7 +385,7 @@ def load_runs(results_dir):
     folder = os.path.join(results_dir, FOLDER)
     runs = {m: [] for m in MODELS}
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if name.endswith(".json") and name != "bounds.json":
+        if name.endswith(".json") and name != "bounds.json" and not name.startswith(TEST_STEPS_PREFIX):
             with open(os.path.join(folder, name)) as f:
                 run = json.load(f)
             runs[run["model"]].append(run)
@@ -329,11 +417,14 @@ def report_tables(runs, bounds):
     per_class = markdown_table(["class"] + [MODELS[m][1] for m in runs],
                                [[c["name"]] + [mean_std([ev(r, f"PQ/{c['name']}") for r in rs]) for rs in runs.values()]
                                 for c in CATEGORIES])
+    share = lambda b, key: "-" if b.get(key) is None else f"{100 * b[key]:.1f}"  # noqa: E731
     bound_rows = [[split, grp, str(b[grp]["n"]), f"{100 * b[grp]['resolution_bound']:.1f}",
-                   f"{100 * b[grp]['non_grouping_bound']:.1f}"]
+                   f"{100 * b[grp]['non_grouping_bound']:.1f}", share(b[grp], "own_spans_box"),
+                   share(b[grp], "other_spans_box")]
                   for split, b in sorted(bounds["splits"].items()) for grp in GROUPS + ("all",) if b[grp]["n"]]
     bound_table = markdown_table(["split", "contours", "instances", "resolution bound (mask IoU)",
-                                  "non-grouping bound (mask IoU)"], bound_rows)
+                                  "non-grouping bound (mask IoU)", "own contour runs box corner to corner (%)",
+                                  "another contour does (%)"], bound_rows)
     return main, cost, per_class, bound_table
 
 
@@ -391,6 +482,26 @@ def write_picture(runs, paths, path):
     plt.close(fig)
 
 
+def test_steps_report(folder):
+    """Lines for the report: one table per --test-steps diagnostic JSON in `folder` (none: no lines)."""
+    lines = []
+    for name in sorted(n for n in os.listdir(folder) if n.startswith(TEST_STEPS_PREFIX) and n.endswith(".json")):
+        with open(os.path.join(folder, name)) as f:
+            diag = json.load(f)
+        rows = [[str(r["steps"]), f"{100 * r['grouping']['crossing']['mask_iou']:.1f}",
+                 f"{100 * r['grouping']['single']['mask_iou']:.1f}",
+                 f"{r['grouping']['crossing']['own_probability']:.2f} / {r['grouping']['crossing']['other_probability']:.2f}"]
+                + [" ".join("-" if x is None else f"{x:.2f}" for x in r["crossing_by_depth"][k]) for k in ("own", "other")]
+                for r in diag["rows"]]
+        lines += [f"## Test-time steps: {diag['label']} ({diag['weights']}, {diag['split']} split)", "",
+                  "```", diag["command"], "```", "",
+                  markdown_table(["steps", "oracle-box mask IoU, crossing", "single", "own / other probability",
+                                  f"own probability by depth {DEPTH_BINS}", "other probability by depth"], rows), "",
+                  "Depth: a pixel's distance to the nearest side of the instance's box over the box's shorter side "
+                  "(0 at the sides, 0.5 at the centre, where contours cross).", ""]
+    return lines
+
+
 def write_report(results_dir, paths):
     runs = load_runs(results_dir)
     bounds_path = os.path.join(results_dir, FOLDER, "bounds.json")
@@ -400,6 +511,7 @@ def write_report(results_dir, paths):
     with open(bounds_path) as f:
         bounds = json.load(f)
     main, cost, per_class, bound_table = report_tables(runs, bounds)
+    steps_lines = test_steps_report(os.path.join(results_dir, FOLDER))
     write_picture(runs, paths[SPLIT], os.path.join(results_dir, "contour_grouping.png"))
     all_runs = [r for rs in runs.values() for r in rs]
     commands = sorted({r["command"] for r in all_runs} | {bounds["command"]})
@@ -415,7 +527,10 @@ def write_report(results_dir, paths):
         "- resolution bound: the ground-truth mask through the mask head's grid and back (Detectron2's "
         "`BitMasks.crop_and_resize` at the mask resolution, then `paste_masks_in_image`): what a perfect mask head "
         "could score. Non-grouping bound: every contour pixel inside the ground-truth box: what a head that "
-        "segments contours without grouping them scores.", "",
+        "segments contours without grouping them scores. Corner to corner: the contour's pixels inside the box come "
+        f"within {CORNER_REACH} x the box's shorter side of both corners of one diagonal; that the instance does "
+        "and the contour crossing it does not is what a head can follow from the box's corners to the crossing "
+        "(the information is inside the box).", "",
         "## Results", "", main, "", "Costs:", "", cost, "", "Panoptic quality per class:", "", per_class, "",
         "- oracle-box mask IoU: ground-truth boxes and classes into the mask head, mask pasted and thresholded at 0.5.",
         "- probabilities: the mean mask probability on the instance's own pixels and on other contours' pixels inside "
@@ -426,7 +541,7 @@ def write_report(results_dir, paths):
         "(parameters excluded).", "",
         "Machines (per run; a CPU shared with other jobs, so times are indicative):", "",
         *sorted({f"- {r['label']}, seed {r['seed']}: {r['machine']}" for r in all_runs}), "",
-        "![oracle-box masks on crossing contours](contour_grouping.png)", "",
+        "![oracle-box masks on crossing contours](contour_grouping.png)", "", *steps_lines,
     ]
     with open(os.path.join(results_dir, "contour_grouping.md"), "w") as f:
         f.write("\n".join(lines))
@@ -442,7 +557,13 @@ def data_description(params):
 def main(argv=None):
     parser = comparison_parser(__doc__, MODELS, DEFAULT_MODELS, FOLDER, threads=1)
     parser.add_argument("--bounds", action="store_true", help="measure the data's bounds only")
+    parser.add_argument("--test-steps", type=int, nargs="+", metavar="STEPS",
+                        help="diagnostic: the trained --weights of the one recurrent model in --models at these "
+                             "test-time steps (validation split); then the report")
+    parser.add_argument("--weights", help="for --test-steps: a trained model_final.pth of that model")
     args = parser.parse_args(argv)
+    if args.test_steps and (len(args.models) != 1 or not args.weights):
+        parser.error("--test-steps needs one model in --models and its trained --weights")
 
     import crbp_detectron  # noqa: F401
     from detectron2.utils.logger import setup_logger
@@ -466,7 +587,12 @@ def main(argv=None):
         print(json.dumps(bounds, indent=1))
         if args.bounds:
             return 0
-    if not args.report_only:
+    if args.test_steps:
+        result = test_steps_diagnostic(args.models[0], args.weights, args.test_steps, args.threads, paths)
+        result["command"] = command
+        with open(os.path.join(args.results, FOLDER, f"{TEST_STEPS_PREFIX}{args.models[0]}.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    elif not args.report_only:
         for seed in args.seeds:
             for model in args.models:
                 path = run_json(args.results, model, seed)

@@ -28,7 +28,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.contour_grouping import box_region, contour_instances, iou, pasted, split_images  # noqa: E402
+from benchmarks.contour_grouping import (DEPTH_BINS, DepthProfile, box_region, contour_instances, iou,  # noqa: E402
+                                         pasted, split_images)
 
 FF = "contours/panoptic_fpn_contours.yaml"
 CRBP = "contours/panoptic_crbp_contours.yaml"
@@ -161,7 +162,7 @@ def evaluate_head(head, pooler, images, features, to_contiguous):
     head.eval()
     names = list(features)
     rows = []
-    depth_sums = {k: np.zeros((len(DEPTH_BINS) - 1, 2)) for k in ("own", "other")}  # (sum, count) per bin
+    profile = DepthProfile()
     for i, image in enumerate(images):
         boxes = [t["box"] for t in image["things"]]
         inst = make_instances(image, boxes, to_contiguous, train=False)
@@ -176,11 +177,7 @@ def evaluate_head(head, pooler, images, features, to_contiguous):
                 row["own_probability"] = float(prob[mask].mean())
                 row["other_probability"] = float(prob[others].mean()) if others.any() else None
                 if t["crossing"]:
-                    depth = box_depth(t["box"], mask.shape)
-                    for key, where in (("own", mask), ("other", others)):
-                        bins = np.digitize(depth[where], DEPTH_BINS) - 1
-                        np.add.at(depth_sums[key], (bins, 0), prob[where])
-                        np.add.at(depth_sums[key], (bins, 1), 1)
+                    profile.add(prob, mask, others, t["box"])
             rows.append(row)
     out = {}
     for group, sel in (("crossing", lambda r: r["crossing"] is True), ("single", lambda r: r["crossing"] is False),
@@ -191,27 +188,14 @@ def evaluate_head(head, pooler, images, features, to_contiguous):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 out[group][k] = float(np.mean(vals))
-    out["crossing_by_depth"] = {
-        "bins": DEPTH_BINS, **{k: [float(s / n) if n else None for s, n in v] for k, v in depth_sums.items()}}
+    out["crossing_by_depth"] = profile.result()
     return out
-
-
-DEPTH_BINS = [0.0, 0.1, 0.2, 0.3, 0.51]
-
-
-def box_depth(box, shape):
-    """Per pixel: distance (px) of its centre to the nearest side of the XYXY box over the box's
-    shorter side (0 at the sides, 0.5 at the centre of a square box); < 0 outside the box."""
-    x0, y0, x1, y1 = box
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]] + 0.5
-    inside = np.minimum.reduce([xs - x0, x1 - xs, ys - y0, y1 - ys])
-    return inside / max(min(x1 - x0, y1 - y0), 1e-6)
 
 
 # ----------------------------------------------------------------------------------------- main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="a trained model whose backbone and FPN are frozen")
+    parser.add_argument("--weights", help="a trained model whose backbone and FPN are frozen")
     parser.add_argument("--backbone-config", default=FF, help="the config of --weights")
     parser.add_argument("--heads", nargs="*", default=[], choices=list(HEADS))
     parser.add_argument("--head", nargs="+", action="append", default=[], metavar=("NAME", "CONFIG"),
@@ -222,8 +206,14 @@ def main(argv=None):
     parser.add_argument("--min-iou", type=float, default=0.5, help="training boxes' IoU with their ground truth at least")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", required=True, help="folder for one JSON per head and seed")
+    parser.add_argument("--out", required=True, help="folder for one JSON per head and seed, and the report")
+    parser.add_argument("--report-only", action="store_true", help="the report from the folder's JSONs")
     args = parser.parse_args(argv)
+    if args.report_only:
+        print(write_report(args.out))
+        return 0
+    if not args.weights:
+        parser.error("--weights is required (a trained model whose backbone and FPN are frozen)")
     torch.set_num_threads(args.threads)
 
     import crbp_detectron  # noqa: F401
@@ -271,7 +261,41 @@ def main(argv=None):
                 json.dump(result, f, indent=1)
             torch.save(head.state_dict(), path[:-len(".json")] + ".pth")  # small: for diagnostics
             print(json.dumps(result["val"]), flush=True)
+    print(write_report(args.out))
     return 0
+
+
+def write_report(folder):
+    """contour_mask_head.md in `folder`: one row per head and seed from its JSONs."""
+    from crbp_detectron.tables import markdown_table
+
+    runs = [json.load(open(os.path.join(folder, n))) for n in sorted(os.listdir(folder)) if n.endswith(".json")]
+    if not runs:
+        raise SystemExit(f"{folder}: no head JSONs to report")
+    rows = []
+    for r in runs:
+        v = r["val"]
+        depth = v.get("crossing_by_depth")  # absent from runs before the depth bins were measured
+        by_depth = [" ".join(f"{x:.2f}" for x in depth[k]) if depth else "-" for k in ("own", "other")]
+        rows.append([r["head"], " ".join(r["overrides"]) or "-",
+                     f"{r.get('optimizer', 'sgd')} {r.get('lr') or 'config'}", str(r.get("min_iou", 0.5)),
+                     str(r["iterations"]), str(r["seed"]), f"{v['crossing']['mask_iou']:.3f}",
+                     f"{v['single']['mask_iou']:.3f}",
+                     f"{v['crossing']['own_probability']:.2f} / {v['crossing']['other_probability']:.2f}"] + by_depth)
+    bins = DEPTH_BINS
+    text = "\n".join([
+        "# Mask heads alone on frozen features (benchmarks/contour_mask_head.py)", "",
+        "A diagnostic, not a comparison of trained models: one backbone's features, oracle boxes, val split.",
+        "Depth: a pixel's distance to the nearest side of the instance's box over the box's shorter side",
+        "(0 at the sides, 0.5 at the centre); 'own' is the mean mask probability on the contour's pixels,",
+        "'other' on the other contours' pixels inside its box.",
+        f"Backbone weights: {sorted({r['weights'] for r in runs})}.", "",
+        markdown_table(["head", "overrides", "optimizer, lr", "train box IoU >=", "iterations", "seed",
+                        "crossing IoU", "single IoU", "crossing own / other prob.",
+                        f"own prob. by depth {bins}", "other prob. by depth"], rows), ""])
+    with open(os.path.join(folder, "contour_mask_head.md"), "w") as f:
+        f.write(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -68,6 +68,26 @@ def train(config, seed, run_dir, threads, opts):
     return time.time() - start
 
 
+def training_saved_bytes(model, cfg):
+    """Training memory: bytes saved for backward by one training step of `model` on the same first
+    batch (sampler seed 0) for every model and seed; parameters excluded."""
+    from detectron2.utils.events import EventStorage
+
+    from crbp_detectron.engine import Trainer
+
+    loader_cfg = cfg.clone()
+    loader_cfg.defrost()
+    loader_cfg.SEED = 0
+    batch = next(iter(Trainer.build_train_loader(loader_cfg)))
+    model.train()
+    torch.manual_seed(0)
+    with EventStorage(0):
+        nbytes, losses = saved_bytes(lambda: sum(model(batch).values()), exclude=list(model.parameters()))
+    del losses
+    model.eval()
+    return nbytes
+
+
 def panoptic_results(metrics_json):
     last = final_panoptic_metrics(metrics_json)
     return {k: v for k, v in last.items() if k.startswith(("panoptic_seg/", "bbox/AP", "segm/AP"))}
@@ -91,10 +111,9 @@ def encode_panoptic(panoptic_seg, segments_info, metadata):
 
 def measure(model_name, seed, run_dir, threads, opts, data_paths):
     from detectron2.data import MetadataCatalog
-    from detectron2.utils.events import EventStorage
 
     from crbp_detectron.config import load_config
-    from crbp_detectron.engine import Trainer, register_datasets
+    from crbp_detectron.engine import register_datasets
     from crbp_detectron.inference import Predictor, read_image_rgb
 
     torch.set_num_threads(threads)
@@ -112,18 +131,7 @@ def measure(model_name, seed, run_dir, threads, opts, data_paths):
               "seconds_per_iteration": seconds_per_iteration(metrics_json),
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
-    # Training memory: the same first batch (sampler seed 0) for every model and seed.
-    loader_cfg = cfg.clone()
-    loader_cfg.defrost()
-    loader_cfg.SEED = 0
-    batch = next(iter(Trainer.build_train_loader(loader_cfg)))
-    model.train()
-    torch.manual_seed(0)
-    with EventStorage(0):
-        nbytes, losses = saved_bytes(lambda: sum(model(batch).values()), exclude=list(model.parameters()))
-    del losses
-    result["saved_for_backward_bytes"] = nbytes
-    model.eval()
+    result["saved_for_backward_bytes"] = training_saved_bytes(model, cfg)
 
     val_root = data_paths["val"]["image_root"]
     images = sorted(os.listdir(val_root))

@@ -8,7 +8,6 @@ the recurrent FPN blocks. The threshold sits between the two with margin on both
 """
 import json
 
-import pytest
 import torch
 from detectron2.engine import HookBase
 

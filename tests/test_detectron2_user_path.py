@@ -19,6 +19,8 @@ from crbp_detectron.crbp import recurrent_blocks
 from crbp_detectron.modeling import CRBPFPN, CRBPMaskHead
 from crbp_detectron.pathfinder import add_pathfinder_config
 
+from .modeling.test_models import FEED_FORWARD_CONFIGS
+
 PACKAGED_YAML = sorted(os.path.relpath(p, CONFIG_DIR)
                        for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
 
@@ -40,7 +42,7 @@ def test_every_packaged_yaml_merges_with_plain_detectron2_and_builds(name):
     cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
     model = build_model(cfg)
     assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
-    feed_forward = name == "demo/panoptic_fpn_demo.yaml" or ("PATHFINDER" in cfg and cfg.PATHFINDER.MODEL.BODY == "cnn")
+    feed_forward = name in FEED_FORWARD_CONFIGS or ("PATHFINDER" in cfg and cfg.PATHFINDER.MODEL.BODY == "cnn")
     assert bool(recurrent_blocks(model)) != feed_forward
 
 

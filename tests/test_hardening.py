@@ -23,7 +23,7 @@ from crbp_detectron.config import load_config
 from crbp_detectron.preemption import Preempted
 
 from .modeling.utils import tiny_demo_opts
-from .training_utils import DEMO, REPO, CapturedLog, SignalAt, tiny_opts, train
+from .training_utils import REPO, CapturedLog, SignalAt, tiny_opts, train
 
 DEMO_CONFIG = "demo/panoptic_crbp_demo.yaml"
 NO_DATA = ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]

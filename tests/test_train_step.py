@@ -136,7 +136,7 @@ def test_non_finite_gradient_is_refused_naming_the_parameter(demo_root, tmp_path
     name = "roi_heads.box_predictor.cls_score.weight"
     with CapturedLog() as caplog:
         trainer = train(load_config("demo/panoptic_crbp_demo.yaml", tiny_opts(tmp_path)), hooks=[NaNGradientAt(2, name)])
-    assert f"Iteration 2: step refused, weights unchanged: gradient norm is non-finite" in caplog.text
+    assert "Iteration 2: step refused, weights unchanged: gradient norm is non-finite" in caplog.text
     assert f"first '{name}'" in caplog.text
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from .arguments import check_choice
 from .backward import ImplicitStep, attach_rbp_gradient, implicit_step, trainable_parameters
-from .backward_solvers import BACKWARD_SOLVERS, BackwardConfig
+from .backward_solvers import BackwardConfig
 from .penalties import PENALTIES, REDUCTIONS, jacobian_frobenius_penalty, lipschitz_penalty
 from .solver import FixedPointMap, ForwardConfig, IterationResult, relative_residual, samples_independent, solve_forward
 from .stats import BackwardStats, RecurrenceStats

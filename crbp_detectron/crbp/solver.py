@@ -32,7 +32,6 @@ What `tol` is compared with:
             step sizes of an extrapolating solver say nothing about its rate); the sample's state
             is then f(z), one plain step further.
 """
-import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Union
 

@@ -1,5 +1,5 @@
 """Statistics of one recurrent call: what the forward did, and what its backward did."""
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import List, Optional, Union
 
 import torch

@@ -3,10 +3,10 @@ pipeline (training, PQ evaluation, pictures) runs on any machine with no downloa
 
 Things are shapes (disc, triangle, square, cross) of varied size and pose, each class in its own
 colour family (jittered per object, with texture noise), with partial occlusion, and dashed
-curves: long, thin, smooth curves drawn as separate dashes, all curves of an image in ONE colour
-(their class's, jittered per image) and often crossing, so that
-a curve's mask can only be assembled by following it from dash to dash (the grouping problem that
-recurrent vision models are for; Pathfinder in a panoptic scene). Stuff is three textured regions
+curves: smooth curves drawn as separate dashes, all curves of an image in ONE colour (their
+class's, jittered per image) and often crossing. The curves were meant to need grouping but
+barely do (a median of 3 fat dashes per curve, crossing curves merge; issue 26's measurements):
+the grouping benchmark is the contour dataset, `crbp_detectron/data/contours.py`. Stuff is three textured regions
 (sand, water, grass) with irregular borders. Written in exact COCO panoptic format (JPEG images,
 panoptic PNGs + JSON with `isthing` categories), plus the instances JSON and the stuff PNGs that
 Detectron2's separated loader needs, and registered with `register_coco_panoptic_separated` as

@@ -44,7 +44,8 @@ class GroundTruthMaskHead(nn.Module):
 
 
 def test_a_perfect_mask_head_scores_the_resolution_bound(data):
-    from benchmarks.contour_grouping import grouping_bounds, measure_grouping, split_images, summarise
+    from benchmarks.contour_grouping import (grouping_bounds, measure_grouping, probability_by_depth, split_images,
+                                             summarise)
     from crbp_detectron.config import load_config
     from crbp_detectron.inference import Predictor
 
@@ -65,6 +66,10 @@ def test_a_perfect_mask_head_scores_the_resolution_bound(data):
     # Own dashes near 1, other contours' dashes inside the box near 0.
     assert measured["crossing"]["own_probability"] > 0.8 > 0.1 > measured["crossing"]["other_probability"]
     assert list(pictures) == ["1/100"]
+    # The same by depth into the box: the perfect head keeps own above other at every depth.
+    profile = probability_by_depth(predictor, data["test"])
+    assert len(profile["own"]) == len(profile["other"]) == len(profile["bins"]) - 1
+    assert all(p > 0.8 for p in profile["own"][:2]) and all(p < 0.1 for p in profile["other"] if p is not None)
 
 
 def test_report_from_per_run_results(data, tmp_path):
@@ -77,7 +82,8 @@ def test_report_from_per_run_results(data, tmp_path):
     folder = tmp_path / "results" / cg.FOLDER
     folder.mkdir(parents=True)
     bounds = {"command": "python benchmarks/contour_grouping.py --bounds", "mask_size": 56, "data": "test data",
-              "splits": {"test": {"crossing": {"n": 10, "resolution_bound": 0.87, "non_grouping_bound": 0.48},
+              "splits": {"test": {"crossing": {"n": 10, "resolution_bound": 0.87, "non_grouping_bound": 0.48,
+                                               "own_spans_box": 0.8, "other_spans_box": 0.07},
                                   "single": {"n": 3, "resolution_bound": 0.9, "non_grouping_bound": 0.85},
                                   "all": {"n": 13, "resolution_bound": 0.88, "non_grouping_bound": 0.55}}}}
     (folder / "bounds.json").write_text(json.dumps(bounds))
@@ -94,6 +100,13 @@ def test_report_from_per_run_results(data, tmp_path):
                    "pictures": pictures, "command": f"python benchmarks/contour_grouping.py --models {model}",
                    "machine": "cpu: test"}
             (folder / f"{model}_seed{seed}.json").write_text(json.dumps(run))
+    depth = {"bins": cg.DEPTH_BINS, "own": [0.7, 0.6, 0.5, None], "other": [0.2, 0.3, 0.4, 0.45]}
+    steps = {"model": "crbp", "label": cg.MODELS["crbp"][1], "weights": "model_final.pth", "split": "val",
+             "command": "python benchmarks/contour_grouping.py --models crbp --test-steps 6 50",
+             "rows": [{"steps": n, "crossing_by_depth": depth,
+                       "grouping": {"crossing": {"mask_iou": iou, "own_probability": 0.61, "other_probability": 0.4},
+                                    "single": {"mask_iou": 0.5}}} for n, iou in ((6, 0.3), (50, 0.35))]}
+    (folder / f"{cg.TEST_STEPS_PREFIX}crbp.json").write_text(json.dumps(steps))  # not a run: its own table
     cg.write_report(str(tmp_path / "results"), data)
     md = (tmp_path / "results" / "contour_grouping.md").read_text()
     assert "python benchmarks/contour_grouping.py --bounds\npython benchmarks/contour_grouping.py --models crbp" in md
@@ -102,5 +115,53 @@ def test_report_from_per_run_results(data, tmp_path):
     assert rows[1][1:4] == ["0, 1", "80.0 ± 0.0", "90.0 ± 0.0"]
     assert rows[0][-4:] == ["5.0 ± 0.0", "70.5 ± 0.7", "60.0 ± 0.0", "90.0 ± 0.0"]  # PQ contour (id 5), PQ ...
     bound_rows = table_rows(md, ["test"])
-    assert bound_rows[0] == ["test", "crossing", "10", "87.0", "48.0"]
+    assert bound_rows[0] == ["test", "crossing", "10", "87.0", "48.0", "80.0", "7.0"]
+    assert bound_rows[1] == ["test", "single", "3", "90.0", "85.0", "-", "-"]
+    assert table_rows(md, ["6", "50"]) == [["6", "30.0", "50.0", "0.61 / 0.40", "0.70 0.60 0.50 -", "0.20 0.30 0.40 0.45"],
+                                         ["50", "35.0", "50.0", "0.61 / 0.40", "0.70 0.60 0.50 -", "0.20 0.30 0.40 0.45"]]
     assert (tmp_path / "results" / "contour_grouping.png").stat().st_size > 0
+
+
+def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):
+    """benchmarks/contour_mask_head.py --report-only: one row per head JSON with its own numbers,
+    runs from before the depth bins included; an empty folder is an error that names it."""
+    from benchmarks.contour_mask_head import DEPTH_BINS, main
+
+    val = {"crossing": {"n": 3, "mask_iou": 0.4123, "own_probability": 0.61, "other_probability": 0.37},
+           "single": {"n": 1, "mask_iou": 0.6034}, "shapes": {"n": 2, "mask_iou": 0.9}}
+    run = {"head": "feedforward", "config": "c.yaml", "overrides": [], "seed": 2, "iterations": 50,
+           "weights": "w.pth", "train_seconds": 1.0, "optimizer": "adam", "lr": 0.001, "min_iou": 0.95,
+           "val": dict(val, crossing_by_depth={"bins": DEPTH_BINS, "own": [0.7, 0.6, 0.5, 0.4],
+                                               "other": [0.1, 0.2, 0.3, 0.35]})}
+    old = {"head": "crbp_state8", "config": "c.yaml", "overrides": ["MODEL.CRBP.STEPS", "20"], "seed": 0,
+           "iterations": 50, "weights": "w.pth", "train_seconds": 1.0, "val": val}
+    for name, r in (("a.json", run), ("b.json", old)):
+        (tmp_path / name).write_text(json.dumps(r))
+    assert main(["--out", str(tmp_path), "--report-only"]) == 0
+    rows = {r[0]: r for r in table_rows((tmp_path / "contour_mask_head.md").read_text(), ("feedforward", "crbp_state8"))}
+    assert rows["feedforward"][2:9] == ["adam 0.001", "0.95", "50", "2", "0.412", "0.603", "0.61 / 0.37"]
+    assert rows["feedforward"][9:] == ["0.70 0.60 0.50 0.40", "0.10 0.20 0.30 0.35"]
+    assert rows["crbp_state8"][1:4] == ["MODEL.CRBP.STEPS 20", "sgd config", "0.5"] and rows["crbp_state8"][9] == "-"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="no head JSONs"):
+        main(["--out", str(empty), "--report-only"])
+
+
+def test_spans_box_diagonal_tells_a_corner_to_corner_contour_from_one_through_the_middle():
+    import numpy as np
+
+    from benchmarks.contour_grouping import spans_box_diagonal
+
+    box = [10, 20, 50, 60]  # XYXY, pixel edges: 40 x 40
+    image = np.zeros((80, 80), bool)
+    diagonal, anti, middle = image.copy(), image.copy(), image.copy()
+    for i in range(40):
+        diagonal[20 + i, 10 + i] = True  # top-left to bottom-right
+        anti[59 - i, 10 + i] = True  # bottom-left to top-right
+    middle[30:50, 30] = True  # vertical, through the centre, far from every corner
+    assert spans_box_diagonal(diagonal, box) and spans_box_diagonal(anti, box)
+    assert not spans_box_diagonal(middle, box) and not spans_box_diagonal(image, box)
+    half = diagonal.copy()
+    half[40:] = False  # reaches the top-left corner only
+    assert not spans_box_diagonal(half, box)

@@ -10,7 +10,7 @@ from torch import nn
 
 from crbp_detectron.crbp import HGRUCell, Recurrence
 
-from .helpers import flat, rel_err
+from .helpers import rel_err
 from .test_implicit_step import hgru, pathfinder_bn, run
 
 

@@ -1,6 +1,5 @@
 """LCP against explicit column sums, O(1) memory, divergence guard, the Neumann series, records."""
 import gc
-import os
 import weakref
 
 import pytest
