@@ -2,8 +2,9 @@
 by following them from dash to dash (Pathfinder's grouping problem inside a Detectron2 task).
 
 Each image has 3-5 thin dashed contours (3 px wide, 6 px dashes, 5 px gaps at 128 px) in ONE
-colour, most of them crossing an earlier contour near its middle at 40-90 degrees, so that inside
-one contour's box lie long runs of other contours' dashes that look exactly like its own. Dashes
+colour, most of them crossing an earlier contour near its middle (30-70% of its length) at 30-90
+degrees, along the diagonal of its box that it does not follow, so that inside one contour's box
+lie long runs of other contours' dashes that look exactly like its own. Dashes
 of different contours never touch: a dash that would come within `clearance` blank pixels of
 another contour is left out (a crossing shows as a gap in the later contour), so every ground-truth
 pixel is visible and no instance owns a sliver of another. Beside them: 0-2 of the demo's shapes
