@@ -31,7 +31,6 @@ from those files alone.
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,8 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.demo_compare import (_rle, command_line, comparison_parser, mean_std, panoptic_results,  # noqa: E402
-                                     seconds_per_iteration, train, training_saved_bytes)
-from benchmarks.machine import machine_info, machine_line  # noqa: E402
+                                     seconds_per_iteration, train_and_measure, training_saved_bytes)
 from crbp_detectron.tables import markdown_table  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -593,25 +591,9 @@ def main(argv=None):
         with open(os.path.join(args.results, FOLDER, f"{TEST_STEPS_PREFIX}{args.models[0]}.json"), "w") as f:
             json.dump(result, f, indent=1)
     elif not args.report_only:
-        for seed in args.seeds:
-            for model in args.models:
-                path = run_json(args.results, model, seed)
-                if os.path.isfile(path):
-                    continue
-                run_dir = os.path.join(args.out, f"{model}_seed{seed}")
-                info = machine_info("cpu")
-                info["torch threads"] = args.threads
-                load_start = info.pop("load average (1 min) at start", float("nan"))
-                start = time.time()
-                seconds = train(MODELS[model][0], seed, run_dir, args.threads, TEST_OPTS + list(args.opts))
-                info["load average (1 min) at the start / end of training"] = f"{load_start} / {os.getloadavg()[0]:.1f}"
-                result = measure(model, seed, run_dir, args.threads, args.opts, paths)
-                result.update(command=command, machine=machine_line(info), training_wall_seconds=seconds,
-                              measure_seconds=time.time() - start - seconds)
-                with open(path, "w") as f:
-                    json.dump(result, f)
-                if not args.keep_models:
-                    os.remove(os.path.join(run_dir, "model_final.pth"))
+        train_and_measure(args, MODELS, run_json, TEST_OPTS + list(args.opts),
+                          lambda model, seed, run_dir: measure(model, seed, run_dir, args.threads, args.opts, paths),
+                          command=command)
     write_report(args.results, paths)
     return 0
 

@@ -320,6 +320,32 @@ def comparison_parser(doc, models, default_models, folder, threads):
     return parser
 
 
+def train_and_measure(args, models, json_path, train_opts, measure_run, indent=None, **recorded):
+    """For every seed and model of `args` (a comparison_parser's) without its JSON yet: train with
+    tools/train_net.py, `measure_run(model, seed, run_dir)`, record the machine, the training wall
+    time and `recorded`, write the JSON, drop the weights unless --keep-models. Models alternate
+    within a seed, so that a busier spell of the machine hits them alike."""
+    for seed in args.seeds:
+        for model in args.models:
+            path = json_path(args.results, model, seed)
+            if os.path.isfile(path):
+                continue
+            run_dir = os.path.join(args.out, f"{model}_seed{seed}")
+            info = machine_info("cpu")
+            info["torch threads"] = args.threads
+            load_start = info.pop("load average (1 min) at start", float("nan"))
+            start = time.time()
+            seconds = train(models[model][0], seed, run_dir, args.threads, train_opts)
+            info["load average (1 min) at the start / end of training"] = f"{load_start} / {os.getloadavg()[0]:.1f}"
+            result = measure_run(model, seed, run_dir)
+            result.update(machine=machine_line(info), training_wall_seconds=seconds,  # 0: trained earlier
+                          measure_seconds=time.time() - start - seconds, **recorded)
+            with open(path, "w") as f:
+                json.dump(result, f, indent=indent)
+            if not args.keep_models:
+                os.remove(os.path.join(run_dir, "model_final.pth"))
+
+
 def command_line(script, argv):
     """The command as typed (for the report's provenance)."""
     return f"python {script} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -341,25 +367,10 @@ def main(argv=None):
         os.makedirs(os.path.join(args.results, "demo_compare"), exist_ok=True)
         command = command_line("benchmarks/demo_compare.py", argv)
         params = DemoParams()
-        for seed in args.seeds:
-            for model in args.models:  # alternating, so that a busier spell of the machine hits both
-                path = run_json(args.results, model, seed)
-                if os.path.isfile(path):
-                    continue
-                run_dir = os.path.join(args.out, f"{model}_seed{seed}")
-                info = machine_info("cpu")
-                info["torch threads"] = args.threads
-                load_start = info.pop("load average (1 min) at start", float("nan"))
-                seconds = train(MODELS[model][0], seed, run_dir, args.threads, args.opts)
-                info["load average (1 min) at the start / end of training"] = f"{load_start} / {os.getloadavg()[0]:.1f}"
-                result = measure(model, seed, run_dir, args.threads, args.opts, data_paths)
-                result.update(command=command, machine=machine_line(info),
-                              data=f"{params.image_size} px, {params.train_images} training and {params.val_images} val images",
-                              training_wall_seconds=seconds)  # 0: trained by an earlier invocation
-                with open(path, "w") as f:
-                    json.dump(result, f, indent=1)
-                if not args.keep_models:
-                    os.remove(os.path.join(run_dir, "model_final.pth"))
+        train_and_measure(args, MODELS, run_json, args.opts,
+                          lambda model, seed, run_dir: measure(model, seed, run_dir, args.threads, args.opts, data_paths),
+                          command=command, indent=1,
+                          data=f"{params.image_size} px, {params.train_images} training and {params.val_images} val images")
     write_report(args.results, data_paths)
     return 0
 

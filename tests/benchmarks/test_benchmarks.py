@@ -1,5 +1,8 @@
 """The benchmark code paths at tiny sizes (seconds): tables written with the expected rows,
 crbp's saved-for-backward bytes equal across steps, torchdeq's methods skipped when it is absent."""
+import argparse
+import json
+import os
 import re
 import sys
 
@@ -179,3 +182,34 @@ def test_demo_compare_report(tmp_path):
     assert [r[0] for r in per_class] == [c["name"] for c in CATEGORIES]  # things first, then stuff
     assert all(r[1] == r[2] == f"{c['id']:.1f} ± 0.0" for r, c in zip(per_class, CATEGORIES))
     assert (tmp_path / "results" / "demo_compare.png").stat().st_size > 0
+
+
+def test_train_and_measure_runs_each_missing_model_and_seed_once(tmp_path, monkeypatch):
+    """The comparisons' shared run loop: models alternate within a seed, a run with its JSON is not
+    trained again, each JSON records the measurement, the machine and what the caller adds, and the
+    weights go unless --keep-models."""
+    from benchmarks import demo_compare
+
+    trained = []
+
+    def fake_train(config, seed, run_dir, threads, opts):
+        trained.append((config, seed, list(opts)))
+        os.makedirs(run_dir, exist_ok=True)
+        open(os.path.join(run_dir, "model_final.pth"), "w").close()
+        return 12.0
+
+    monkeypatch.setattr(demo_compare, "train", fake_train)
+    models = {"a": ("a.yaml", "A"), "b": ("b.yaml", "B")}
+    json_path = lambda results, model, seed: str(tmp_path / "results" / f"{model}_seed{seed}.json")  # noqa: E731
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "b_seed0.json").write_text("{}")  # already done
+    args = argparse.Namespace(seeds=[0, 1], models=["a", "b"], threads=1, out=str(tmp_path / "runs"),
+                              results=str(tmp_path / "results"), keep_models=False)
+    demo_compare.train_and_measure(args, models, json_path, ["K", "V"],
+                                   lambda model, seed, run_dir: {"model": model, "seed": seed}, command="cmd")
+    assert trained == [("a.yaml", 0, ["K", "V"]), ("a.yaml", 1, ["K", "V"]), ("b.yaml", 1, ["K", "V"])]
+    run = json.loads((tmp_path / "results" / "a_seed1.json").read_text())
+    assert run["model"] == "a" and run["seed"] == 1 and run["command"] == "cmd"
+    assert run["training_wall_seconds"] == 12.0 and run["machine"]
+    assert json.loads((tmp_path / "results" / "b_seed0.json").read_text()) == {}
+    assert not any(os.path.isfile(tmp_path / "runs" / f"{m}_seed{s}" / "model_final.pth") for m in "ab" for s in (0, 1))
