@@ -47,7 +47,7 @@ $(STAMP): $(SETUP_INPUTS) | $(VPY)
 	@touch $@
 
 test: setup
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q tests projects/Pathfinder/tests
 
 demo: setup
 	$(VPY) tools/run_demo.py

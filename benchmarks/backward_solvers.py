@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 import torch
 
 from crbp_detectron.crbp import BackwardConfig, HGRUCell, solve_backward
-from crbp_detectron.tables import markdown_table
+from crbp_detectron.utils.tables import markdown_table
 
 from .exact_gradient import ExactGradient, exact_implicit_gradient
 from .machine import machine_info, machine_line
@@ -231,7 +231,7 @@ def write(out_dir, argv, info, results):
 
 
 def plot(out_dir, results):
-    from crbp_detectron.plotting import saved_figure
+    from crbp_detectron.utils.plotting import saved_figure
 
     for name, (_, _, curves, _) in results.items():
         path = os.path.join(out_dir, f"backward_solvers_{name}.png")

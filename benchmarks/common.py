@@ -3,7 +3,7 @@
 the old layout keep working; new code imports from the modules themselves."""
 from crbp_detectron.crbp.memory import saved_bytes  # noqa: F401
 from crbp_detectron.crbp.solver import relative_residual  # noqa: F401
-from crbp_detectron.tables import fmt, markdown_table  # noqa: F401
+from crbp_detectron.utils.tables import fmt, markdown_table  # noqa: F401
 
 from .exact_gradient import ExactGradient, agreement, exact_implicit_gradient, method_gradient  # noqa: F401
 from .machine import cpu_model, machine_info, machine_line  # noqa: F401

@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from benchmarks.demo_compare import (_rle, command_line, comparison_parser, mean_std, panoptic_results,  # noqa: E402
                                      seconds_per_iteration, train_and_measure, training_saved_bytes)
-from crbp_detectron.tables import markdown_table  # noqa: E402
+from crbp_detectron.utils.tables import markdown_table  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 FOLDER = "contour_grouping"

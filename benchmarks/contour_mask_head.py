@@ -267,7 +267,7 @@ def main(argv=None):
 
 def write_report(folder):
     """contour_mask_head.md in `folder`: one row per head and seed from its JSONs."""
-    from crbp_detectron.tables import markdown_table
+    from crbp_detectron.utils.tables import markdown_table
 
     runs = [json.load(open(os.path.join(folder, n))) for n in sorted(os.listdir(folder)) if n.endswith(".json")]
     if not runs:

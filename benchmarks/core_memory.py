@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from crbp_detectron.tables import markdown_table
+from crbp_detectron.utils.tables import markdown_table
 
 from .machine import machine_line
 from .measure import measure_group

@@ -34,8 +34,8 @@ import torch  # noqa: E402
 
 from benchmarks.machine import machine_info, machine_line  # noqa: E402
 from crbp_detectron.crbp.memory import saved_bytes  # noqa: E402
-from crbp_detectron.engine import final_panoptic_metrics  # noqa: E402
-from crbp_detectron.tables import markdown_table  # noqa: E402
+from crbp_detectron.evaluation import final_panoptic_metrics  # noqa: E402
+from crbp_detectron.utils.tables import markdown_table  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 MODELS = {  # name: (config, label)

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from crbp_detectron.tables import markdown_table
+from crbp_detectron.utils.tables import markdown_table
 
 from .machine import machine_info, machine_line
 from .memory import REPO_ROOT

@@ -28,10 +28,10 @@ from typing import Dict, List, Optional
 import torch
 
 from crbp_detectron.crbp import FixedPointMap, ForwardConfig, solve_forward
-from crbp_detectron.tables import markdown_table
+from crbp_detectron.utils.tables import markdown_table
 
 from .machine import machine_info, machine_line
-from .memory import REPO_ROOT
+from .memory import PATHFINDER_PROJECT, REPO_ROOT, import_pathfinder_project
 from .report import command_line, write_json
 
 TARGETS = (1e-3, 1e-4)
@@ -40,7 +40,7 @@ SOLVERS = {
     "anderson (window 5)": ForwardConfig("anderson", window=5),
     "anderson (window 10)": ForwardConfig("anderson", window=10),
 }
-PATHFINDER_RUN = os.path.join(REPO_ROOT, "benchmarks", "results", "pathfinder", "experiment", "crbp_continued_twice_steps64")
+PATHFINDER_RUN = os.path.join(PATHFINDER_PROJECT, "results", "experiment", "crbp_continued_twice_steps64")
 RESULTS = os.path.join(REPO_ROOT, "benchmarks", "results")
 
 
@@ -82,9 +82,10 @@ def measure(cell, drives: List[torch.Tensor], budget: int) -> Dict[str, Dict[str
 
 
 def pathfinder_problem(seed: int, images: int, data_root: str):
-    from .pathfinder.equilibrium import trained_model
-    from .pathfinder.runs import load_result
-    from crbp_detectron.pathfinder.data import test_name, test_tensors
+    import_pathfinder_project()
+    from experiments.equilibrium import trained_model
+    from experiments.runs import load_result
+    from pathfinder.data import test_name, test_tensors
 
     result = load_result(os.path.join(PATHFINDER_RUN, f"seed{seed}.json"))
     model, cfg = trained_model(result, os.path.join(PATHFINDER_RUN, f"seed{seed}_model.pth"), data_root)

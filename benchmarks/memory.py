@@ -32,6 +32,16 @@ import torch
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PATHFINDER_PROJECT = os.path.join(REPO_ROOT, "projects", "Pathfinder")
+
+
+def import_pathfinder_project():
+    """Makes the Pathfinder project's packages (`pathfinder`, `experiments`) importable, as its
+    train_net.py finds them (the package itself never imports the project)."""
+    import sys
+
+    if PATHFINDER_PROJECT not in sys.path:
+        sys.path.insert(0, PATHFINDER_PROJECT)
 MIB = 1024.0 * 1024.0
 
 

@@ -26,7 +26,7 @@ from typing import Dict
 
 import torch
 
-from crbp_detectron.tables import markdown_table
+from crbp_detectron.utils.tables import markdown_table
 
 from . import model_cost_cases as cases
 from .machine import machine_info, machine_line
@@ -167,7 +167,7 @@ def write_markdown(args, argv, info, results, path):
 
 
 def plot(results, out_dir):
-    from crbp_detectron.plotting import saved_figure
+    from crbp_detectron.utils.plotting import saved_figure
 
     train = {k: rows for k, rows in results.get("train", {}).items() if rows.get(FF, {}).get("saved_bytes")}
     if train:

@@ -2,7 +2,7 @@
 what was measured and how, the tables, and the goals' ratios."""
 import os
 
-from crbp_detectron.tables import markdown_table
+from crbp_detectron.utils.tables import markdown_table
 
 from .machine import machine_line
 from .memory import MIB

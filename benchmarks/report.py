@@ -1,7 +1,7 @@
 """What every benchmark prints and writes: the run's start (threads, machine), one line per
 measured configuration, the command that produced a result file, Markdown tables
-(`crbp_detectron.tables`, tabulate) and plots against the number of steps
-(`crbp_detectron.plotting`), and the parent process's peak memory at the end."""
+(`crbp_detectron.utils.tables`, tabulate) and plots against the number of steps
+(`crbp_detectron.utils.plotting`), and the parent process's peak memory at the end."""
 import importlib.util
 import json
 import math
@@ -63,7 +63,7 @@ def plot_series(path: str, title: str, panels: Sequence[Tuple[str, Dict[str, Dic
     if importlib.util.find_spec("matplotlib") is None:
         print(f"matplotlib is not installed: {path} not written", flush=True)
         return
-    from crbp_detectron.plotting import saved_panels
+    from crbp_detectron.utils.plotting import saved_panels
 
     with saved_panels(path, title, [("recurrent steps N", ylabel) for ylabel, _ in panels]) as axes:
         for ax, (_, lines) in zip(axes, panels):

@@ -8,10 +8,12 @@ Suites (each model built from its config; its optimizer the trainer's, at the co
 rate x --lr-scale, no schedule: timing only):
   demo        the demo's feed-forward Panoptic FPN against the C-RBP one (configs/demo/), and
               variants of the C-RBP one; random initialisation (seed 0), as `make demo` trains.
-  pathfinder  the tracing recipe (pathfinder/crbp_continued_twice_steps64.yaml) with the plain
-              forward against its accelerated-forward twin (pathfinder/crbp_anderson_*), both
+  pathfinder  the tracing recipe (projects/Pathfinder study/crbp_continued_twice_steps64.yaml) with the plain
+              forward against its accelerated-forward twin (study/crbp_anderson_*), both
               from the committed seed-0 weights of the trained tracing recipe (3000 iterations:
               the dynamics the last cycle of training sees).
+  pathfinder_table  the Pathfinder table's models (projects/Pathfinder/configs), random
+              initialisation: each baseline's iteration against C-RBP's.
 Every model gets the same batches (loaded before timing: data loading is not counted) and they
 train round-robin, one iteration of each in turn (benchmarks.timing.time_interleaved), so that the
 shared machine's load falls on all alike. An iteration: forward, summed losses, backward,
@@ -26,15 +28,15 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from crbp_detectron.tables import markdown_table
+from crbp_detectron.utils.tables import markdown_table
 
 from .machine import machine_info, machine_line
-from .memory import REPO_ROOT
+from .memory import PATHFINDER_PROJECT, REPO_ROOT, import_pathfinder_project
 from .report import command_line, write_json
 from .timing import median, paired_ratio, time_interleaved
 
-PATHFINDER_WEIGHTS = os.path.join(REPO_ROOT, "benchmarks", "results", "pathfinder", "experiment",
-                                  "crbp_continued_twice_steps64", "seed0_model.pth")
+PATHFINDER_WEIGHTS = os.path.join(PATHFINDER_PROJECT, "results", "experiment", "crbp_continued_twice_steps64",
+                                  "seed0_model.pth")
 # suite: {model: (config, overrides)}; the first model is the baseline of the ratios.
 SUITES: Dict[str, Dict[str, Tuple[str, list]]] = {
     "demo": {
@@ -44,9 +46,20 @@ SUITES: Dict[str, Dict[str, Tuple[str, list]]] = {
         "C-RBP, implicit step in chunks of 4 RoIs": ("demo/panoptic_crbp_demo.yaml", ["MODEL.CRBP.IMPLICIT_CHUNK", 4]),
     },
     "pathfinder": {
-        "C-RBP, plain forward (tracing recipe, 64 steps)": ("pathfinder/crbp_continued_twice_steps64.yaml", []),
+        "C-RBP, plain forward (tracing recipe, 64 steps)": ("study/crbp_continued_twice_steps64.yaml", []),
         "C-RBP, Anderson forward (<= 64 evaluations, TOL 1e-3)":
-            ("pathfinder/crbp_anderson_continued_twice_steps64.yaml", []),
+            ("study/crbp_anderson_continued_twice_steps64.yaml", []),
+    },
+    # the Pathfinder table's models from their one-command configs, random initialisation: what
+    # an iteration of each costs against C-RBP's (the baselines' budget at C-RBP's wall-clock time)
+    "pathfinder_table": {
+        "C-RBP (crbp.yaml, 64 steps)": ("crbp.yaml", []),
+        "RBP, no penalty (rbp.yaml)": ("rbp.yaml", []),
+        "C-BPTT-1 (cbptt.yaml)": ("cbptt.yaml", []),
+        "BPTT-1 (bptt.yaml)": ("bptt.yaml", []),
+        "BPTT-4": ("bptt.yaml", ["MODEL.CRBP.STEPS", 4]),
+        "BPTT-8": ("bptt.yaml", ["MODEL.CRBP.STEPS", 8]),
+        "CNN (cnn.yaml)": ("cnn.yaml", []),
     },
 }
 
@@ -67,16 +80,18 @@ def _demo_model(config: str, opts: list, lr_scale: float):
     return model, Trainer.build_optimizer(cfg, model), Trainer.build_train_loader(cfg)
 
 
-def _pathfinder_model(config: str, opts: list, lr_scale: float):
-    from crbp_detectron.pathfinder.config import load_pathfinder_config
-    from crbp_detectron.pathfinder.engine import PathfinderTrainer, prepare_datasets
+def _pathfinder_model(config: str, opts: list, lr_scale: float, weights: Optional[str] = PATHFINDER_WEIGHTS):
+    import_pathfinder_project()
+    from pathfinder.config import load_pathfinder_config
+    from pathfinder.engine import PathfinderTrainer, prepare_datasets
 
     cfg = load_pathfinder_config(config, list(opts))
     cfg.SOLVER.BASE_LR *= lr_scale
     prepare_datasets(cfg)
     torch.manual_seed(0)
     model = PathfinderTrainer.build_model(cfg)
-    model.load_state_dict(torch.load(PATHFINDER_WEIGHTS, weights_only=True))
+    if weights:
+        model.load_state_dict(torch.load(weights, weights_only=True))
     return model.train(), PathfinderTrainer.build_optimizer(cfg, model), PathfinderTrainer.build_train_loader(cfg)
 
 
@@ -85,7 +100,8 @@ def training_steps(suite: str, names: List[str], iterations: int, lr_scale: floa
     {model: its EventStorage, where its recurrent blocks' statistics go})."""
     from detectron2.utils.events import EventStorage
 
-    build = _demo_model if suite == "demo" else _pathfinder_model
+    build = {"demo": _demo_model, "pathfinder": _pathfinder_model,
+             "pathfinder_table": lambda *a: _pathfinder_model(*a, weights=None)}[suite]
     steps, storages, batches = {}, {}, None
     for name in names:
         config, opts = SUITES[suite][name]

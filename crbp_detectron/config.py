@@ -7,6 +7,7 @@ MODEL.BACKBONE.NAME = "build_resnet_crbp_fpn_backbone" (recurrence inside the FP
 import difflib
 import math
 import os
+import re
 from typing import Optional
 
 import yaml
@@ -139,12 +140,12 @@ def add_crbp_config(cfg):
     # Where the stuff PNGs and derived instances are written ("" = OUTPUT_DIR/datasets/<NAME>).
     _C.DATASETS.COCO_PANOPTIC.DERIVED_DIR = ""
 
-    # The training step's guard against exploding steps (crbp_detectron.train_step.GradientGuard):
+    # The training step's guard against exploding steps (crbp_detectron.engine.train_loop.GradientGuard):
     # a step whose gradient norm is non-finite, or above FACTOR x the median norm of the last WINDOW
     # accepted steps (judged once MIN_HISTORY have been accepted), is refused (skipped, weights
     # unchanged); MAX_CONSECUTIVE_REFUSALS refusals in a row stop training. FACTOR 0 = refuse
     # non-finite norms only; MAX_CONSECUTIVE_REFUSALS 0 = never stop.
-    from .train_step import GUARD_DEFAULTS
+    from .engine.train_loop import GUARD_DEFAULTS
 
     _C.SOLVER.GRADIENT_GUARD = CN()
     for key, value in GUARD_DEFAULTS.items():
@@ -210,8 +211,9 @@ def load_config(name: str, opts: Optional[list] = None) -> CRBPCfgNode:
         cfg.merge_from_file(path)
     except KeyError as e:
         message = _unknown_key_message(cfg, e)
-        if "'PATHFINDER" in message:
-            message = _pathfinder_hint(path)
+        unknown = re.match(r"unknown config key '([^'.]+)", message)
+        if unknown and unknown.group(1) not in cfg:  # a top-level group of another tool's configs
+            message = _project_hint(path)
         raise ConfigError(f"{path}: {message}") from None
     except ValueError as e:  # yacs: a value of the wrong type, naming the key
         raise ConfigError(f"{path}: {e}") from None
@@ -247,7 +249,7 @@ def check_config_file(path: str, defaults=None, _chain: tuple = ()):
         raise ConfigError(f"{path}: a config file must be a YAML mapping of KEY: value, not a {type(data).__name__}")
     lower = sorted(k for k in data if isinstance(k, str) and k != k.upper())
     if lower:
-        hint = (_pathfinder_hint(path) if "_base_" in lower or _is_packaged_pathfinder(path) else
+        hint = (_project_hint(path) if "_base_" in lower else
                 "Detectron2 configs have upper-case top-level keys (MODEL, SOLVER, DATASETS, ...).")
         raise ConfigError(f"{path} is not a Detectron2 config (top-level keys {lower}). {hint}")
     if defaults is not None:
@@ -293,14 +295,9 @@ def _check_groups(data: dict, node, path: str, prefix: str = ""):
         _check_groups(value, default, path, f"{prefix}{key}.")
 
 
-def _is_packaged_pathfinder(path: str) -> bool:
-    return os.path.abspath(path).startswith(os.path.join(CONFIG_DIR, "pathfinder") + os.sep)
-
-
-def _pathfinder_hint(path: str) -> str:
-    name = os.path.relpath(path, CONFIG_DIR) if _is_packaged_pathfinder(path) else path
-    return (f"It is a Pathfinder config, not a Detectron2 model's: train it with "
-            f"`python tools/train_pathfinder.py --config-file {name}`.")
+def _project_hint(path: str) -> str:
+    return (f"It looks like a project's config (projects/*, e.g. projects/Pathfinder), not a Detectron2 model's: "
+            f"train it with that project's train_net.py (python projects/<Project>/train_net.py --config-file {path}).")
 
 
 def _all_keys(node, prefix=""):

@@ -10,7 +10,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import crbp_detectron.engine as engine  # noqa: E402
+import crbp_detectron.engine.defaults as engine  # noqa: E402
 from crbp_detectron.crbp.cells import HGRUCell  # noqa: E402
 from crbp_detectron.data.demo import register_demo_datasets  # noqa: E402
 from tests.training_utils import DEMO  # noqa: E402

@@ -3,12 +3,15 @@ key or file, the value and what is allowed (see also tests/data/test_dataset_cor
 tests/test_predict.py)."""
 import importlib.util
 import os
+import re
 
 import pytest
 
 from crbp_detectron.config import ConfigError, load_config
 
 from .training_utils import REPO
+
+PATHFINDER_CRBP = os.path.join(REPO, "projects", "Pathfinder", "configs", "crbp.yaml")
 
 
 @pytest.mark.parametrize("opts, message", [
@@ -46,13 +49,14 @@ def test_misspelt_key_in_a_config_file(tmp_path):
         load_config(str(path))
 
 
-def test_pathfinder_config_names_its_tool(tmp_path):
-    hint = r"Pathfinder config, not a Detectron2 model's: train it with `python tools/train_pathfinder.py --config-file "
-    with pytest.raises(ConfigError, match=hint + "pathfinder/crbp.yaml`"):
-        load_config("pathfinder/crbp.yaml")
+def test_a_project_config_names_its_tool(tmp_path):
+    hint = (r"a project's config \(projects/\*, e.g. projects/Pathfinder\), not a Detectron2 model's: train it with "
+            r"that project's train_net.py \(python projects/<Project>/train_net.py --config-file ")
+    with pytest.raises(ConfigError, match=hint + re.escape(PATHFINDER_CRBP)):
+        load_config(PATHFINDER_CRBP)
     path = tmp_path / "pathfinder.yaml"  # the Detectron2-style form, with its own PATHFINDER node
     path.write_text('MODEL:\n  META_ARCHITECTURE: "PathfinderModel"\nPATHFINDER:\n  DATA:\n    SIZE: 64\n')
-    with pytest.raises(ConfigError, match=hint + str(path)):
+    with pytest.raises(ConfigError, match=hint + re.escape(str(path))):
         load_config(str(path))
 
 
@@ -73,8 +77,8 @@ NO_DATA = ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
 
 
 def test_train_net_refuses_a_pathfinder_config(train_net, capsys):
-    assert train_net("--config-file", "pathfinder/crbp.yaml") == 2
-    assert "tools/train_pathfinder.py" in capsys.readouterr().err
+    assert train_net("--config-file", PATHFINDER_CRBP) == 2
+    assert "projects/<Project>/train_net.py" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content, message", [(b"\x00" + os.urandom(2999), "not a PyTorch checkpoint"),

@@ -8,7 +8,7 @@ import pytest
 from detectron2.engine import HookBase
 
 from crbp_detectron.config import load_config
-from crbp_detectron.preemption import Preempted
+from crbp_detectron.engine.preemption import Preempted
 
 from .training_utils import SignalAt, tiny_opts, train
 

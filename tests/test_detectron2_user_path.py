@@ -17,7 +17,6 @@ from crbp_detectron import add_crbp_config
 from crbp_detectron.config import CONFIG_DIR, ConfigError
 from crbp_detectron.crbp import recurrent_blocks
 from crbp_detectron.modeling import CRBPFPN, CRBPMaskHead
-from crbp_detectron.pathfinder import add_pathfinder_config
 
 from .modeling.test_models import FEED_FORWARD_CONFIGS
 
@@ -26,11 +25,9 @@ PACKAGED_YAML = sorted(os.path.relpath(p, CONFIG_DIR)
 
 
 def plain_cfg(name=None):
-    """Detectron2's get_cfg() + add_crbp_config (+ add_pathfinder_config) + merge_from_file."""
+    """Detectron2's get_cfg() + add_crbp_config + merge_from_file."""
     cfg = get_cfg()
     add_crbp_config(cfg)
-    if name and name.startswith("pathfinder" + os.sep):
-        add_pathfinder_config(cfg)
     if name:
         cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
     return cfg
@@ -42,8 +39,7 @@ def test_every_packaged_yaml_merges_with_plain_detectron2_and_builds(name):
     cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
     model = build_model(cfg)
     assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
-    feed_forward = name in FEED_FORWARD_CONFIGS or ("PATHFINDER" in cfg and cfg.PATHFINDER.MODEL.BODY == "cnn")
-    assert bool(recurrent_blocks(model)) != feed_forward
+    assert bool(recurrent_blocks(model)) != (name in FEED_FORWARD_CONFIGS)
 
 
 @pytest.mark.parametrize("architecture, part, instead", [
@@ -149,8 +145,8 @@ def test_resume_uses_no_private_data_loader_iterator(demo_root, tmp_path, monkey
     trainer must neither read it nor replace it. Here reading it fails and writing it is ignored,
     and a preempted-and-resumed run still ends with the uninterrupted run's weights."""
     from crbp_detectron.config import load_config
-    from crbp_detectron.preemption import Preempted
-    from crbp_detectron.train_step import GuardedTrainer
+    from crbp_detectron.engine.preemption import Preempted
+    from crbp_detectron.engine.train_loop import GuardedTrainer
 
     from .training_utils import SignalAt, tiny_opts, train, weights
 

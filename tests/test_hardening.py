@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from crbp_detectron.config import load_config
-from crbp_detectron.preemption import Preempted
+from crbp_detectron.engine.preemption import Preempted
 
 from .modeling.utils import tiny_demo_opts
 from .training_utils import REPO, CapturedLog, SignalAt, tiny_opts, train

@@ -14,7 +14,7 @@ import torch
 
 from crbp_detectron.config import load_config
 from crbp_detectron.engine import Trainer
-from crbp_detectron.preemption import DeferredTermination, PreemptionHook
+from crbp_detectron.engine.preemption import DeferredTermination, PreemptionHook
 
 from .training_utils import tiny_opts, train
 
@@ -98,7 +98,7 @@ def test_periodic_and_final_evaluation_finish_with_panoptic_quality(demo_root, t
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM])
 def test_handler_restored_after_preemption(demo_root, tmp_path, signum):
-    from crbp_detectron.preemption import Preempted
+    from crbp_detectron.engine.preemption import Preempted
 
     from .training_utils import SignalAt
 

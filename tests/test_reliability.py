@@ -16,7 +16,7 @@ import crbp_detectron  # noqa: F401
 from crbp_detectron.config import load_config
 from crbp_detectron.engine import Trainer
 from crbp_detectron.modeling import RecurrentBlockDivergence
-from crbp_detectron.preemption import Preempted
+from crbp_detectron.engine.preemption import Preempted
 
 from .training_utils import REPO, SignalAt, tiny_opts, train, weights
 
@@ -117,7 +117,7 @@ GROUP_NORM = dict(MODEL__RESNETS__NORM="GN", MODEL__FPN__NORM="GN", MODEL__SEM_S
                   MODEL__ROI_BOX_HEAD__NORM="GN", MODEL__CRBP__MASK_HEAD__OUTPUT_NORM="GN",
                   MODEL__ROI_HEADS__BATCH_SIZE_PER_IMAGE=512, MODEL__RPN__BATCH_SIZE_PER_IMAGE=4096,
                   SOLVER__MAX_ITER=3, SOLVER__IMS_PER_BATCH=4, SOLVER__BASE_LR=0.002, MODEL__CRBP__PENALTY_REDUCTION="mean")
-TORCHRUN = [sys.executable, "-m", "crbp_detectron.torchrun", "--nproc_per_node", "2"]
+TORCHRUN = [sys.executable, "-m", "crbp_detectron.engine.launch", "--nproc_per_node", "2"]
 
 
 def run_tool(cmd, env, out, expect=0):

@@ -10,7 +10,7 @@ import torch
 from detectron2.engine import HookBase
 
 from crbp_detectron.config import load_config
-from crbp_detectron.train_step import GradientGuard, GuardedTrainer
+from crbp_detectron.engine.train_loop import GradientGuard, GuardedTrainer
 
 from .training_utils import CapturedLog, tiny_opts, train, weights
 

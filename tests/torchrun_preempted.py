@@ -1,6 +1,6 @@
 """tools/train_net.py, with a hook that preempts the whole job like a scheduler: after iteration
 PREEMPT_AT, rank 0 sends SIGTERM to its process group (torchrun's agent and every worker).
-Run by tests/test_reliability.py under `python -m crbp_detectron.torchrun`."""
+Run by tests/test_reliability.py under `python -m crbp_detectron.engine.launch`."""
 import importlib.util
 import os
 import signal

@@ -29,7 +29,7 @@ from crbp_detectron.checkpoint import Checkpointer
 from crbp_detectron.config import resolve_config_file
 from crbp_detectron.data.demo import DEMO_DATASETS, register_demo_datasets
 from crbp_detectron.engine import launch_from_args
-from crbp_detectron.train_step import GradientGuard, GuardedTrainer
+from crbp_detectron.engine.train_loop import GradientGuard, GuardedTrainer
 
 logger = logging.getLogger("detectron2.crbp")
 

@@ -33,7 +33,7 @@ CONFIG = "demo/panoptic_crbp_demo.yaml"
 
 
 def pq_table(metrics):
-    from crbp_detectron.tables import markdown_table
+    from crbp_detectron.utils.tables import markdown_table
 
     rows = [[label] + [f"{metrics[f'panoptic_seg/{k}{suffix}']:.1f}" for k in ("PQ", "SQ", "RQ")]
             for label, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st"))]
@@ -59,7 +59,7 @@ def residual_curves(predictor, images, steps):
 
 
 def plot_residuals(curves, train_steps, path):
-    from crbp_detectron.plotting import saved_figure
+    from crbp_detectron.utils.plotting import saved_figure
 
     with saved_figure(path, "Does the recurrent block converge?", "recurrent step", "||h_t+1 - h_t|| / ||h_t+1||") as ax:
         for name, traces in curves.items():
@@ -95,8 +95,9 @@ def main(argv=None):
 
     from crbp_detectron.config import load_config
     from crbp_detectron.data.demo import generate_demo_dataset
-    from crbp_detectron.engine import final_panoptic_metrics, register_datasets
-    from crbp_detectron.test_steps import sweep_test_steps
+    from crbp_detectron.engine import register_datasets
+    from crbp_detectron.evaluation import final_panoptic_metrics
+    from crbp_detectron.evaluation.test_steps import sweep_test_steps
     from crbp_detectron.inference import Predictor, predict_files, read_image_rgb
 
     t = time.time()

@@ -9,7 +9,7 @@
 
 SIGTERM/SIGINT saves a checkpoint at the current iteration and exits (128 + signal number);
 --resume continues from it with the same schedule and data stream (from the newest readable
-checkpoint, if the latest is damaged). Under torchrun, `python -m crbp_detectron.torchrun` exits
+checkpoint, if the latest is damaged). Under torchrun, `python -m crbp_detectron.engine.launch` exits
 143 on preemption too (torchrun itself exits 1). A bad config, dataset or weights file stops at
 start-up with "error: ..." naming it, and exit status 2.
 
@@ -34,7 +34,7 @@ from crbp_detectron.checkpoint import Checkpointer, CheckpointError
 from crbp_detectron.config import ConfigError
 from crbp_detectron.data.coco_panoptic import DatasetError
 from crbp_detectron.engine import Preempted, Trainer, add_dataset_argument, launch_from_args, setup
-from crbp_detectron.test_steps import sweep_test_steps
+from crbp_detectron.evaluation.test_steps import sweep_test_steps
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from .demo import (COLOUR_JITTER, STUFF, THINGS, _curve_path, _smooth_noise, _thing_colour, _thing_mask, dash_runs,
                    default_root, stuff_background)
-from .pathfinder.geometry import Strokes, segment_distance
+from .strokes import Strokes, segment_distance
 from .synthetic import SyntheticDataset, generate_synthetic_dataset, register_synthetic_datasets, segment_record
 
 VERSION = 1

@@ -13,7 +13,7 @@ from benchmarks import core_memory, recurrence
 from benchmarks.exact_gradient import agreement, exact_implicit_gradient, method_gradient
 from benchmarks.memory import peak_rss_in_subprocess
 from benchmarks.methods import MethodSettings, build_method, split_methods, torchdeq_status
-from crbp_detectron.tables import markdown_table
+from crbp_detectron.utils.tables import markdown_table
 
 
 @pytest.fixture(autouse=True)

@@ -95,7 +95,7 @@ def test_eval_only_with_a_tiny_random_model(prepared, tmp_path):
     assert "bbox" in results and "segm" in results and "sem_seg" in results
 
     # The test-time steps sweep (train_net.py --eval-only --test-steps): CSV + PNG of PQ vs steps.
-    from crbp_detectron.test_steps import sweep_test_steps
+    from crbp_detectron.evaluation.test_steps import sweep_test_steps
     rows = sweep_test_steps(cfg, model, [1, 3], str(tmp_path / "sweep"))
     assert [r["test_steps"] for r in rows] == [1, 3] and all("panoptic_seg/PQ" in r for r in rows)
     lines = (tmp_path / "sweep" / "test_steps.csv").read_text().splitlines()

@@ -13,7 +13,7 @@ def ground_truth_pq(dataset_name, panoptic_json, panoptic_root, out_dir, drop_ca
     are left out of the prediction."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from crbp_detectron.engine import PanopticEvaluatorPerClass
+    from crbp_detectron.evaluation import PanopticEvaluatorPerClass
 
     meta = MetadataCatalog.get(dataset_name)
     panoptic = json.load(open(panoptic_json))

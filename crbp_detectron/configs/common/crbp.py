@@ -5,7 +5,7 @@ from the .py and the .yaml configs are the same."""
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
-from crbp_detectron.engine import has_compiled_ops
+from crbp_detectron.evaluation import has_compiled_ops
 from crbp_detectron.modeling import CRBPMaskHead
 from crbp_detectron.modeling.blocks import build_recurrence
 

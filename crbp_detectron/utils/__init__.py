@@ -1,0 +1,1 @@
+"""Small shared helpers: headless plots (plotting) and Markdown tables (tables)."""
