@@ -351,18 +351,24 @@ def trained_iterations(name: str, runs: dict) -> int:
     return len(chain(name)) * runs[min(runs)]["train"]["iterations"]
 
 
-def training_mib(name: str, runs: dict, memory: dict) -> float:
-    """Bytes saved for the backward of one training batch, in MiB: the run's own probe."""
+def training_mib(runs: dict) -> float:
+    """Bytes saved for the backward of one training batch, in MiB: the runs' own probe."""
     return runs[min(runs)]["memory"]["saved_bytes"] / 2.0 ** 20
 
 
-def equal_iterations_table(groups: dict, memory: dict, lengths, trained, marker_free: dict, names) -> str:
+def memory_and_iou(runs: dict, length: int):
+    """(training memory in MiB, mean IoU, its std over seeds) of a model's runs at `length` paddles."""
+    mean, std = report.mean_std([report.test_metric(r, length) for r in runs.values()])
+    return training_mib(runs), mean, std
+
+
+def equal_iterations_table(groups: dict, lengths, trained, marker_free: dict, names) -> str:
     rows = []
     for name in names:
         if name not in groups:
             continue
         results = list(groups[name].values())
-        rows.append([MODELS[name][0], results[0].get("steps") or "–", f"{training_mib(name, groups[name], memory):.1f}",
+        rows.append([MODELS[name][0], results[0].get("steps") or "–", f"{training_mib(groups[name]):.1f}",
                      len(results), trained_iterations(name, groups[name])]
                     + [report.pm([report.test_metric(r, L) for r in results]) for L in lengths]
                     + [report.pm([r["train"]["seconds_per_iteration"] for r in results], 2)])
@@ -375,15 +381,11 @@ def equal_iterations_table(groups: dict, memory: dict, lengths, trained, marker_
                           + ["s / iteration (last cycle)"], rows) + "".join(f"\n\nNot in the table: {m}" for m in missing)
 
 
-def matplotlib_ticker():
-    import matplotlib.ticker
-
-    return matplotlib.ticker
-
-
-def memory_against_iou(groups: dict, memory: dict, length: int, marker_free: dict, path: str) -> str:
+def memory_against_iou(groups: dict, length: int, marker_free: dict, path: str) -> str:
     """Plot: training memory against IoU at `length` paddles for BPTT-k and C-RBP (every table
     model as a point); returns the sentence that says where BPTT-k matches C-RBP."""
+    import matplotlib.ticker
+
     from crbp_detectron.utils.plotting import saved_figure
 
     crbp = DEFAULT_MODELS[0]
@@ -392,8 +394,7 @@ def memory_against_iou(groups: dict, memory: dict, length: int, marker_free: dic
         return ""
 
     def point(name):
-        mean, std = report.mean_std([report.test_metric(r, length) for r in groups[name].values()])
-        return training_mib(name, groups[name], memory), mean, std
+        return memory_and_iou(groups[name], length)
 
     ks = [groups[n][min(groups[n])]["steps"] for n in bptts]
     with saved_figure(path, f"Training memory against IoU, {length} paddles, 3000 iterations",
@@ -414,8 +415,8 @@ def memory_against_iou(groups: dict, memory: dict, length: int, marker_free: dic
         if str(length) in marker_free:
             ax.axhline(marker_free[str(length)]["iou"], color="0.5", ls="--", lw=1, label="marker-free: both long paths")
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib_ticker().ScalarFormatter())
-        ax.xaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks([10, 20, 40, 80, 160])
         ax.set_ylim(0, 1)
         ax.legend(fontsize=6, loc="lower right")
@@ -426,9 +427,7 @@ def bptt_match_sentence(groups: dict, length: int, bptts: list) -> str:
     """BPTT-k against C-RBP at `length` paddles: each k's IoU and training-memory ratio, and the
     first k whose mean reaches C-RBP's (if any)."""
     def point(name):
-        runs = groups[name]
-        mean, std = report.mean_std([report.test_metric(r, length) for r in runs.values()])
-        return runs[min(runs)]["memory"]["saved_bytes"] / 2.0 ** 20, mean, std
+        return memory_and_iou(groups[name], length)
 
     crbp_mib, crbp_iou, crbp_std = point(DEFAULT_MODELS[0])
     seeds = ", ".join(f"{report.test_metric(r, length):.3f}" for r in groups[DEFAULT_MODELS[0]].values())
@@ -507,14 +506,11 @@ def write_report(command: str, memory: dict, setting: Setting):
     max_steps = cfg.PATHFINDER.EVAL.SWEEP_MAX_STEPS or 2 * horizon
     mib = 2.0 ** 20
 
-    def saved_mib(name, result):
-        return result["memory"]["saved_bytes"] / mib
-
     rows = []
     for name, runs in groups.items():
         results = list(runs.values())
         first = results[0]
-        rows.append([MODELS[name][0], first.get("steps") or "–", f"{saved_mib(name, first):.1f}", first["parameters"],
+        rows.append([MODELS[name][0], first.get("steps") or "–", f"{training_mib(runs):.1f}", first["parameters"],
                      len(results)] + [report.pm([report.test_metric(r, L) for r in results]) for L in lengths]
                     + [report.pm([r["train"]["seconds_per_iteration"] for r in results], 2)])
     iou_table = markdown_table(
@@ -548,9 +544,9 @@ def write_report(command: str, memory: dict, setting: Setting):
     from .marker_free import load as load_marker_free
 
     marker_free = load_marker_free(setting.results_dir)
-    table = equal_iterations_table(groups, memory, lengths, trained, marker_free, DEFAULT_MODELS)
-    first_cycle_table = equal_iterations_table(groups, memory, lengths, trained, {}, FIRST_CYCLE)
-    matched = memory_against_iou(groups, memory, 18, marker_free,
+    table = equal_iterations_table(groups, lengths, trained, marker_free, DEFAULT_MODELS)
+    first_cycle_table = equal_iterations_table(groups, lengths, trained, {}, FIRST_CYCLE)
+    matched = memory_against_iou(groups, 18, marker_free,
                                  os.path.join(setting.results_dir, "pathfinder_memory_iou.png"))
     penalty_rows = []
     for crbp, rbp in (("crbp_steps64", "rbp"), ("crbp_continued_steps64", "rbp_continued"),
