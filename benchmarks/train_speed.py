@@ -14,6 +14,9 @@ rate x --lr-scale, no schedule: timing only):
               the dynamics the last cycle of training sees).
   pathfinder_table  the Pathfinder table's models (projects/Pathfinder/configs), random
               initialisation: each baseline's iteration against C-RBP's.
+  softplus    the tracing recipe (crbp.yaml) and RBP (rbp.yaml) from the committed seed-0 weights,
+              each with ATen's softplus in every cell evaluation (as before the graph-free
+              formula, crbp/cells.py: softplus) and as they run now.
 Every model gets the same batches (loaded before timing: data loading is not counted) and they
 train round-robin, one iteration of each in turn (benchmarks.timing.time_interleaved), so that the
 shared machine's load falls on all alike. An iteration: forward, summed losses, backward,
@@ -28,6 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from crbp_detectron.crbp.cells import softplus
 from crbp_detectron.utils.tables import markdown_table
 
 from .machine import machine_info, machine_line
@@ -61,7 +65,15 @@ SUITES: Dict[str, Dict[str, Tuple[str, list]]] = {
         "BPTT-8": ("bptt.yaml", ["MODEL.CRBP.STEPS", 8]),
         "CNN (cnn.yaml)": ("cnn.yaml", []),
     },
+    "softplus": {
+        "C-RBP (crbp.yaml), ATen softplus everywhere (before)": ("crbp.yaml", []),
+        "C-RBP (crbp.yaml)": ("crbp.yaml", []),
+        "RBP (rbp.yaml), ATen softplus everywhere (before)": ("rbp.yaml", []),
+        "RBP (rbp.yaml)": ("rbp.yaml", []),
+    },
 }
+# models whose cells evaluate ATen's softplus in graph-free steps too (the cells' code before)
+ATEN_SOFTPLUS = {name for name in SUITES["softplus"] if name.endswith("(before)")}
 
 
 def _demo_model(config: str, opts: list, lr_scale: float):
@@ -100,12 +112,18 @@ def training_steps(suite: str, names: List[str], iterations: int, lr_scale: floa
     {model: its EventStorage, where its recurrent blocks' statistics go})."""
     from detectron2.utils.events import EventStorage
 
-    build = {"demo": _demo_model, "pathfinder": _pathfinder_model,
+    from crbp_detectron.crbp import HGRUCell
+
+    build = {"demo": _demo_model, "pathfinder": _pathfinder_model, "softplus": _pathfinder_model,
              "pathfinder_table": lambda *a: _pathfinder_model(*a, weights=None)}[suite]
     steps, storages, batches = {}, {}, None
     for name in names:
         config, opts = SUITES[suite][name]
         model, optimizer, loader = build(config, opts, lr_scale)
+        if name in ATEN_SOFTPLUS:
+            for cell in model.modules():
+                if isinstance(cell, HGRUCell) and cell.eta is softplus:
+                    cell.eta = torch.nn.functional.softplus
         if batches is None:
             stream = iter(loader)
             batches = [next(stream) for _ in range(iterations)]

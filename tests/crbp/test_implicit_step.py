@@ -66,10 +66,14 @@ def test_recompute_equals_recorded(cell_name, mode, penalty):
         results[step] = grads, record, buffers
     (a, rec_a, buf_a), (b, rec_b, buf_b) = results["recorded"], results["recompute"]
     assert rel_err(b, a) <= 1e-10
-    assert rec_a.stats.penalty == rec_b.stats.penalty and rec_a.stats.residual == rec_b.stats.residual
+    assert rec_a.stats.penalty == rec_b.stats.penalty
+    # Without a penalty the recompute step's forward records no graph, so its softplus is the
+    # graph-free formula (cells.softplus): the same residual to round-off, not bit for bit.
+    assert rec_a.stats.residual == pytest.approx(rec_b.stats.residual, rel=1e-12)
     assert rec_a.stats.backward.residual == pytest.approx(rec_b.stats.backward.residual, rel=1e-6, abs=1e-14)
-    # BatchNorm running statistics: updated by the forward's steps, not again by the recomputation.
-    assert all(torch.equal(p, q) for p, q in zip(buf_a, buf_b))
+    # BatchNorm running statistics: updated by the forward's steps, not again by the recomputation
+    # (to round-off: the step's softplus differs in the last bits where no graph is recorded).
+    assert all(torch.allclose(p.double(), q.double(), rtol=1e-12, atol=0) for p, q in zip(buf_a, buf_b))
 
 
 def test_eval_mode_with_grad_recompute_equals_recorded():

@@ -70,6 +70,8 @@ MODELS = {
 }
 # the study's variants, each configured by configs/study/<model>.yaml: label
 STUDY = {
+    # the tracing recipe's 3000 iterations as one schedule, not three warm-restart cycles
+    "crbp_one_schedule_steps64": "hGRU C-RBP, 64 steps, one 3000-iteration schedule",
     # one cycle at 96 steps (the former default); other contraction thresholds
     "crbp_steps96": "hGRU C-RBP, 96 steps, 1000 iterations",
     "crbp_lambda095_steps64": "hGRU C-RBP, 64 steps, LCP lambda 0.95",
