@@ -17,6 +17,9 @@ rate x --lr-scale, no schedule: timing only):
   softplus    the tracing recipe (crbp.yaml) and RBP (rbp.yaml) from the committed seed-0 weights,
               each with ATen's softplus in every cell evaluation (as before the graph-free
               formula, crbp/cells.py: softplus) and as they run now.
+  compiled    the tracing recipe from the committed seed-0 weights: ATen's softplus everywhere
+              (before), as it runs now, and with MODEL.CRBP.FORWARD.COMPILE (the graph-free
+              evaluations through torch.compile; compiled in the warm-up iterations).
 Every model gets the same batches (loaded before timing: data loading is not counted) and they
 train round-robin, one iteration of each in turn (benchmarks.timing.time_interleaved), so that the
 shared machine's load falls on all alike. An iteration: forward, summed losses, backward,
@@ -72,8 +75,13 @@ SUITES: Dict[str, Dict[str, Tuple[str, list]]] = {
         "RBP (rbp.yaml)": ("rbp.yaml", []),
     },
 }
+SUITES["compiled"] = {
+    "C-RBP (crbp.yaml), ATen softplus everywhere (before)": ("crbp.yaml", []),
+    "C-RBP (crbp.yaml)": ("crbp.yaml", []),
+    "C-RBP (crbp.yaml), compiled forward": ("crbp.yaml", ["MODEL.CRBP.FORWARD.COMPILE", True]),
+}
 # models whose cells evaluate ATen's softplus in graph-free steps too (the cells' code before)
-ATEN_SOFTPLUS = {name for name in SUITES["softplus"] if name.endswith("(before)")}
+ATEN_SOFTPLUS = {name for suite in ("softplus", "compiled") for name in SUITES[suite] if name.endswith("(before)")}
 
 
 def _demo_model(config: str, opts: list, lr_scale: float):
@@ -114,7 +122,7 @@ def training_steps(suite: str, names: List[str], iterations: int, lr_scale: floa
 
     from crbp_detectron.crbp import HGRUCell
 
-    build = {"demo": _demo_model, "pathfinder": _pathfinder_model, "softplus": _pathfinder_model,
+    build = {"demo": _demo_model, "pathfinder": _pathfinder_model, "softplus": _pathfinder_model, "compiled": _pathfinder_model,
              "pathfinder_table": lambda *a: _pathfinder_model(*a, weights=None)}[suite]
     steps, storages, batches = {}, {}, None
     for name in names:

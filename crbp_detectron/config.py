@@ -64,6 +64,11 @@ def add_crbp_config(cfg):
     _C.MODEL.CRBP.FORWARD.WINDOW = 5  # anderson: residuals in its least-squares problem (2 x WINDOW states kept)
     _C.MODEL.CRBP.FORWARD.BETA = 1.0  # anderson: mixing of f's output, in (0, 1] (1: undamped)
     _C.MODEL.CRBP.FORWARD.RIDGE = 1e-6  # anderson: regularisation, relative to its Gram matrix's diagonal
+    # Graph-free cell evaluations through torch.compile (Inductor: fused kernels; on CPU it needs a
+    # C++ compiler): the same function to float round-off, each evaluation about twice as fast on
+    # the 2-core CPU (benchmarks/results/train_speed_compiled.md); the first evaluation of each
+    # batch shape and mode compiles (20-50 s). The recorded step and the backward stay eager.
+    _C.MODEL.CRBP.FORWARD.COMPILE = False
     # How the step at the equilibrium is kept for the backward: "recompute" keeps only x and h*
     # (the step and the penalty are recomputed in the backward); "recorded" keeps their graphs.
     _C.MODEL.CRBP.IMPLICIT_STEP = "recompute"
@@ -374,6 +379,8 @@ def validate_crbp_config(cfg):
     _check_number(fw, "WINDOW", pf, low=1, high=MAX_FORWARD_WINDOW, integer=True)
     _check_number(fw, "BETA", pf, low=0, high=1, low_open=True)
     _check_number(fw, "RIDGE", pf, low=0, high=1, high_open=True)
+    if not isinstance(fw.COMPILE, bool):
+        _fail(pf + "COMPILE", fw.COMPILE, "must be true or false")
     b, pb = c.BACKWARD, p + "BACKWARD."
     _check_choice(b, "SOLVER", tuple(BACKWARD_SOLVERS), pb)
     _check_number(b, "MAX_VJPS", pb, low=0, high=MAX_STEPS, integer=True)

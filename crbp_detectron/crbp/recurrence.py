@@ -36,7 +36,8 @@ from .arguments import check_choice
 from .backward import ImplicitStep, attach_rbp_gradient, implicit_step, trainable_parameters
 from .backward_solvers import BackwardConfig
 from .penalties import PENALTIES, REDUCTIONS, jacobian_frobenius_penalty, lipschitz_penalty
-from .solver import FixedPointMap, ForwardConfig, IterationResult, relative_residual, samples_independent, solve_forward
+from .solver import (FixedPointMap, ForwardConfig, IterationResult, compiled_cell, relative_residual,
+                     samples_independent, solve_forward)
 from .stats import BackwardStats, RecurrenceStats
 
 MODES = ("crbp", "rbp", "bptt", "cbptt")
@@ -74,6 +75,9 @@ class Recurrence(nn.Module):
         forward_solver: "plain" or "anderson" (solver.py), the solver of the graph-free
             iterations, in training and evaluation; forward_window, forward_beta, forward_ridge:
             Anderson's window, mixing and regularisation (ForwardConfig).
+        forward_compile: evaluate the cell in the graph-free iterations through torch.compile
+            (`compiled_cell`): the same function to round-off, faster; the recorded step, BPTT
+            and the backward stay eager.
         backward_solver: "gmres", "neumann" or "bicgstab" (backward_solvers.py);
         backward_max_vjps, backward_tol, backward_restart: its VJP budget, relative residual
             tolerance, and GMRES restart length; divergence_window, divergence_growth_bound: what
@@ -108,6 +112,7 @@ class Recurrence(nn.Module):
         forward_window: int = 5,
         forward_beta: float = 1.0,
         forward_ridge: float = 1e-6,
+        forward_compile: bool = False,
         backward_solver: str = "gmres",
         backward_max_vjps: int = 15,
         backward_tol: float = 1e-10,
@@ -144,7 +149,7 @@ class Recurrence(nn.Module):
         self.test_steps = test_steps
         self.tol = tol
         self.forward_config = ForwardConfig(solver=forward_solver, window=forward_window, beta=forward_beta,
-                                            ridge=forward_ridge)
+                                            ridge=forward_ridge, compile=forward_compile)
         self.backward_config = BackwardConfig(
             solver=backward_solver, max_vjps=backward_max_vjps, tol=backward_tol,
             growth_bound=divergence_growth_bound, window=divergence_window, restart=backward_restart)
@@ -165,7 +170,7 @@ class Recurrence(nn.Module):
 
     def extra_repr(self):
         return (f"mode={self.mode}, steps={self.steps}, test_steps={self.test_steps}, tol={self.tol}, "
-                f"forward={self.forward_config.solver}, "
+                f"forward={self.forward_config.solver}{' (compiled)' if self.forward_config.compile else ''}, "
                 f"backward={self.backward_config.solver}({self.backward_config.max_vjps}), "
                 f"implicit_step={self.implicit_step}, implicit_chunk={self.implicit_chunk}, penalty={self.penalty}, "
                 f"lcp_lambda={self.lcp_lambda}, weight={self.penalty_weight}")
@@ -209,7 +214,9 @@ class Recurrence(nn.Module):
 
     def _solve(self, x, h, budget, trace) -> IterationResult:
         """The graph-free iterations: the forward solver on h -> cell(x, h)."""
-        return solve_forward(FixedPointMap(self.cell, x), h, budget, self.tol, self.forward_config, trace)
+        cell = compiled_cell(self.cell) if self.forward_config.compile and not _exporting() else self.cell
+        return solve_forward(FixedPointMap(cell, x, samples_independent(self.cell)), h, budget, self.tol,
+                             self.forward_config, trace)
 
     def _stats(self, run: IterationResult, trace, extra_steps: int = 0) -> RecurrenceStats:
         stats = RecurrenceStats(mode=self.mode, steps=run.steps + extra_steps, residual=run.residual,

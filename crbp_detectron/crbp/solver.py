@@ -32,6 +32,7 @@ What `tol` is compared with:
             step sizes of an extrapolating solver say nothing about its rate); the sample's state
             is then f(z), one plain step further.
 """
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Union
 
@@ -61,6 +62,20 @@ def samples_independent(cell) -> bool:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
             return False
     return True
+
+
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, Cell]" = weakref.WeakKeyDictionary()
+
+
+def compiled_cell(cell: nn.Module) -> Cell:
+    """`torch.compile(cell)`, made once per cell and kept beside it (not as a submodule: the
+    cell's state dict, checkpoints and copies are unchanged). It shares the cell's parameters and
+    buffers, so optimiser steps and BatchNorm statistics are seen and updated as by the cell.
+    Shapes are dynamic (batches of RoIs vary); a new mode (train / eval) or device recompiles."""
+    compiled = _COMPILED.get(cell)
+    if compiled is None:
+        compiled = _COMPILED[cell] = torch.compile(cell, dynamic=True)
+    return compiled
 
 
 class FixedPointMap:
@@ -105,6 +120,7 @@ class ForwardConfig:
     window: int = 5
     beta: float = 1.0
     ridge: float = 1e-6
+    compile: bool = False  # the map's cell through torch.compile (`compiled_cell`)
 
     def __post_init__(self):
         check_choice("forward solver", self.solver, FORWARD_SOLVERS)
@@ -114,6 +130,8 @@ class ForwardConfig:
             raise ValueError(f"forward beta must be in (0, 1], got {self.beta!r}")
         if not 0 <= self.ridge < 1:
             raise ValueError(f"forward ridge must be in [0, 1), got {self.ridge!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"forward compile must be True or False, got {self.compile!r}")
 
 
 Solver = Callable[[FixedPointMap, torch.Tensor, int, float, ForwardConfig, Optional[List[float]]], IterationResult]

@@ -18,6 +18,7 @@ def recurrence_kwargs_from_cfg(cfg) -> dict:
     return dict(
         mode=c.MODE, steps=c.STEPS, test_steps=c.TEST_STEPS or None, tol=c.TOL,
         forward_solver=fw.SOLVER, forward_window=fw.WINDOW, forward_beta=fw.BETA, forward_ridge=fw.RIDGE,
+        forward_compile=fw.COMPILE,
         implicit_step=c.IMPLICIT_STEP, implicit_chunk=c.IMPLICIT_CHUNK, backward_solver=b.SOLVER, backward_max_vjps=b.MAX_VJPS,
         backward_tol=b.TOL, backward_restart=b.RESTART, divergence_window=b.DIVERGENCE_WINDOW,
         divergence_growth_bound=b.GROWTH_BOUND, penalty=c.PENALTY, lcp_lambda=c.LCP_LAMBDA,

@@ -13,7 +13,7 @@ from crbp_detectron.modeling.blocks import build_recurrence
 # 0.95 summed with weight 0.001 (the paper's COCO model). Arguments of crbp_detectron.crbp.Recurrence.
 recurrence = dict(
     mode="crbp", steps=20, test_steps=None, tol=0.0, implicit_step="recompute", implicit_chunk=0,
-    forward_solver="plain", forward_window=5, forward_beta=1.0, forward_ridge=1e-6,
+    forward_solver="plain", forward_window=5, forward_beta=1.0, forward_ridge=1e-6, forward_compile=False,
     backward_solver="gmres", backward_max_vjps=15, backward_tol=1e-10, backward_restart=20,
     divergence_window=100, divergence_growth_bound=1e6, penalty="lcp", lcp_lambda=0.95,
     penalty_reduction="sum", penalty_weight=0.001, hutchinson_samples=1,
