@@ -55,6 +55,7 @@ MODELS = {  # name: (config, label)
 DEFAULT_MODELS = tuple(MODELS)
 SPLIT = "test"
 TEST_STEPS_PREFIX = "test_steps_"  # the --test-steps diagnostic's JSON, beside the runs'
+COMPOSITION_PREFIX = "composition_"  # the --composition diagnostic's JSON
 GROUPS = ("crossing", "single")
 PICTURE_INSTANCES = 6
 TEST_OPTS = ["DATASETS.TEST", f"('crbp_contours_{SPLIT}_separated',)"]  # every run is evaluated on the test split
@@ -325,6 +326,83 @@ def test_steps_diagnostic(model_name, weights, steps_list, threads, paths, split
             "split": split, "rows": rows}
 
 
+def mask_composition(predictor, paths, mask_size):
+    """Where each contour's oracle-box mask falls, by group (crossing / single): the fraction of its
+    pixels on its own contour, on other contours and on no contour (gaps, background, shapes), and
+    the fraction of its own contour it covers; the same for the ground truth through the mask grid
+    and back (the resolution bound's masks), the reference a perfect head would give."""
+    from detectron2.layers.mask_ops import paste_masks_in_image
+    from detectron2.structures import BitMasks, Boxes
+
+    from crbp_detectron.inference import read_image_rgb
+
+    to_contiguous = predictor.metadata.thing_dataset_id_to_contiguous_id
+    keys = ("on_own", "on_other_contours", "on_no_contour", "own_covered")
+    values = {source: {g: {k: [] for k in keys} for g in ("crossing", "single")} for source in ("model", "grid")}
+    for image in split_images(paths):
+        contours, truth, every = contour_instances(image)
+        if not contours:
+            continue
+        boxes = [t["box"] for t in contours]
+        predicted, _ = oracle_mask_probabilities(predictor.model, predictor.cfg, read_image_rgb(image["image_path"]),
+                                                 boxes, [to_contiguous[t["category_id"]] for t in contours])
+        box_tensor = torch.tensor(boxes, dtype=torch.float32)
+        grid = BitMasks(torch.from_numpy(truth)).crop_and_resize(box_tensor, mask_size).float()
+        grid = paste_masks_in_image(grid, Boxes(box_tensor), truth.shape[1:], threshold=0.5).numpy()
+        for source, masks in (("model", predicted), ("grid", grid)):
+            for t, mask, own in zip(contours, masks, truth):
+                group = values[source]["crossing" if t["crossing"] else "single"]
+                area = max(int(mask.sum()), 1)
+                group["on_own"].append((mask & own).sum() / area)
+                group["on_other_contours"].append((mask & every & ~own).sum() / area)
+                group["on_no_contour"].append((mask & ~every).sum() / area)
+                group["own_covered"].append((mask & own).sum() / max(int(own.sum()), 1))
+    return {source: {g: {"n": len(v["on_own"]), **{k: float(np.mean(x)) if x else None for k, x in v.items()}}
+                     for g, v in groups.items()} for source, groups in values.items()}
+
+
+def composition_diagnostic(model_name, weights, threads, paths, split=SPLIT):
+    from crbp_detectron.config import load_config
+    from crbp_detectron.engine import register_datasets
+    from crbp_detectron.inference import Predictor
+
+    torch.set_num_threads(threads)
+    cfg = load_config(MODELS[model_name][0], ["MODEL.WEIGHTS", weights, "DATASETS.TEST",
+                                              f"('crbp_contours_{split}_separated',)"])
+    register_datasets(cfg)
+    mask_size = 2 * cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION  # the mask head's deconv doubles it
+    return {"model": model_name, "label": MODELS[model_name][1], "weights": os.path.basename(weights),
+            "split": split, "mask_size": mask_size,
+            "composition": mask_composition(Predictor(cfg), paths[split], mask_size)}
+
+
+def composition_report(folder):
+    """Lines for the report: one table of every --composition JSON in `folder` (none: no lines)."""
+    found = []
+    for name in sorted(n for n in os.listdir(folder) if n.startswith(COMPOSITION_PREFIX) and n.endswith(".json")):
+        with open(os.path.join(folder, name)) as f:
+            found.append(json.load(f))
+    if not found:
+        return []
+    rows = []
+    for diag in found:
+        for source, label in (("model", f"{diag['label']} ({diag['weights']})"),
+                              ("grid", f"ground truth through the {diag['mask_size']}x{diag['mask_size']} grid")):
+            if source == "grid" and diag is not found[0]:
+                continue  # the same for every model
+            for group in ("single", "crossing"):
+                c = diag["composition"][source][group]
+                rows.append([label, group, str(c["n"])] + [f"{100 * c[k]:.1f}" for k in
+                                                            ("on_own", "on_other_contours", "on_no_contour", "own_covered")])
+    return [f"## Where the oracle-box masks fall ({found[0]['split']} split)", "", "```",
+            *sorted({d["command"] for d in found}), "```", "",
+            markdown_table(["masks", "contours", "instances", "% of mask on own contour", "% on other contours",
+                            "% on no contour", "% of own contour covered"], rows), "",
+            "Pixels of each contour's mask (ground-truth box and class into the mask head, pasted, threshold 0.5), "
+            "by what lies under them; mean over instances. 'No contour': gaps between dashes, background, stuff "
+            "and shapes.", ""]
+
+
 def picture_instances(paths, count=PICTURE_INSTANCES):
     """The crossing contours shown in the picture: the first `count` of the split, one per image."""
     keys = []
@@ -383,7 +461,7 @@ def load_runs(results_dir):
     folder = os.path.join(results_dir, FOLDER)
     runs = {m: [] for m in MODELS}
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if name.endswith(".json") and name != "bounds.json" and not name.startswith(TEST_STEPS_PREFIX):
+        if name.endswith(".json") and name != "bounds.json" and not name.startswith((TEST_STEPS_PREFIX, COMPOSITION_PREFIX)):
             with open(os.path.join(folder, name)) as f:
                 run = json.load(f)
             runs[run["model"]].append(run)
@@ -510,6 +588,7 @@ def write_report(results_dir, paths):
         bounds = json.load(f)
     main, cost, per_class, bound_table = report_tables(runs, bounds)
     steps_lines = test_steps_report(os.path.join(results_dir, FOLDER))
+    steps_lines += composition_report(os.path.join(results_dir, FOLDER))
     write_picture(runs, paths[SPLIT], os.path.join(results_dir, "contour_grouping.png"))
     all_runs = [r for rs in runs.values() for r in rs]
     commands = sorted({r["command"] for r in all_runs} | {bounds["command"]})
@@ -558,10 +637,13 @@ def main(argv=None):
     parser.add_argument("--test-steps", type=int, nargs="+", metavar="STEPS",
                         help="diagnostic: the trained --weights of the one recurrent model in --models at these "
                              "test-time steps (validation split); then the report")
-    parser.add_argument("--weights", help="for --test-steps: a trained model_final.pth of that model")
+    parser.add_argument("--composition", action="store_true",
+                        help="diagnostic: where the oracle-box masks of the trained --weights of the one model in "
+                             "--models fall (own contour, other contours, no contour), test split; then the report")
+    parser.add_argument("--weights", help="for --test-steps and --composition: a trained model_final.pth of that model")
     args = parser.parse_args(argv)
-    if args.test_steps and (len(args.models) != 1 or not args.weights):
-        parser.error("--test-steps needs one model in --models and its trained --weights")
+    if (args.test_steps or args.composition) and (len(args.models) != 1 or not args.weights):
+        parser.error("--test-steps and --composition need one model in --models and its trained --weights")
 
     import crbp_detectron  # noqa: F401
     from detectron2.utils.logger import setup_logger
@@ -589,6 +671,11 @@ def main(argv=None):
         result = test_steps_diagnostic(args.models[0], args.weights, args.test_steps, args.threads, paths)
         result["command"] = command
         with open(os.path.join(args.results, FOLDER, f"{TEST_STEPS_PREFIX}{args.models[0]}.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    elif args.composition:
+        result = composition_diagnostic(args.models[0], args.weights, args.threads, paths)
+        result["command"] = command
+        with open(os.path.join(args.results, FOLDER, f"{COMPOSITION_PREFIX}{args.models[0]}.json"), "w") as f:
             json.dump(result, f, indent=1)
     elif not args.report_only:
         train_and_measure(args, MODELS, run_json, TEST_OPTS + list(args.opts),

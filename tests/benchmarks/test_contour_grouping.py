@@ -44,8 +44,8 @@ class GroundTruthMaskHead(nn.Module):
 
 
 def test_a_perfect_mask_head_scores_the_resolution_bound(data):
-    from benchmarks.contour_grouping import (grouping_bounds, measure_grouping, probability_by_depth, split_images,
-                                             summarise)
+    from benchmarks.contour_grouping import (grouping_bounds, mask_composition, measure_grouping, probability_by_depth,
+                                             split_images, summarise)
     from crbp_detectron.config import load_config
     from crbp_detectron.inference import Predictor
 
@@ -66,6 +66,13 @@ def test_a_perfect_mask_head_scores_the_resolution_bound(data):
     # Own dashes near 1, other contours' dashes inside the box near 0.
     assert measured["crossing"]["own_probability"] > 0.8 > 0.1 > measured["crossing"]["other_probability"]
     assert list(pictures) == ["1/100"]
+    # Where its masks fall: exactly where the ground truth through the grid falls, on no other contour.
+    composition = mask_composition(predictor, data["test"], side)
+    for group in ("crossing", "single"):
+        if bounds[group]["n"]:
+            assert composition["model"][group] == composition["grid"][group]
+            assert composition["model"][group]["on_other_contours"] == 0
+            assert composition["model"][group]["on_own"] > 0.85
     # The same by depth into the box: the perfect head keeps own above other at every depth.
     profile = probability_by_depth(predictor, data["test"])
     assert len(profile["own"]) == len(profile["other"]) == len(profile["bins"]) - 1
@@ -107,6 +114,11 @@ def test_report_from_per_run_results(data, tmp_path):
                        "grouping": {"crossing": {"mask_iou": iou, "own_probability": 0.61, "other_probability": 0.4},
                                     "single": {"mask_iou": 0.5}}} for n, iou in ((6, 0.3), (50, 0.35))]}
     (folder / f"{cg.TEST_STEPS_PREFIX}crbp.json").write_text(json.dumps(steps))  # not a run: its own table
+    part = {"n": 10, "on_own": 0.5, "on_other_contours": 0.4, "on_no_contour": 0.1, "own_covered": 0.6}
+    composition = {"model": "crbp", "label": cg.MODELS["crbp"][1], "weights": "model_final.pth", "split": "test",
+                   "mask_size": 56, "command": "python benchmarks/contour_grouping.py --models crbp --composition",
+                   "composition": {"model": {"crossing": part, "single": part}, "grid": {"crossing": part, "single": part}}}
+    (folder / f"{cg.COMPOSITION_PREFIX}crbp.json").write_text(json.dumps(composition))  # not a run either
     cg.write_report(str(tmp_path / "results"), data)
     md = (tmp_path / "results" / "contour_grouping.md").read_text()
     assert "python benchmarks/contour_grouping.py --bounds\npython benchmarks/contour_grouping.py --models crbp" in md
@@ -119,6 +131,8 @@ def test_report_from_per_run_results(data, tmp_path):
     assert bound_rows[1] == ["test", "single", "3", "90.0", "85.0", "-", "-"]
     assert table_rows(md, ["6", "50"]) == [["6", "30.0", "50.0", "0.61 / 0.40", "0.70 0.60 0.50 -", "0.20 0.30 0.40 0.45"],
                                          ["50", "35.0", "50.0", "0.61 / 0.40", "0.70 0.60 0.50 -", "0.20 0.30 0.40 0.45"]]
+    label = f"{cg.MODELS['crbp'][1]} (model_final.pth)"
+    assert table_rows(md, [label]) == [[label, g, "10", "50.0", "40.0", "10.0", "60.0"] for g in ("single", "crossing")]
     assert (tmp_path / "results" / "contour_grouping.png").stat().st_size > 0
 
 

@@ -491,6 +491,31 @@ def wall_clock_section(groups: dict, marker_free: dict, results_dir: str) -> str
                f"({3000 / wall_clock.cost_ratio(strongest):,.0f} iterations)."))
 
 
+ONE_SCHEDULE = "crbp_one_schedule_steps64"  # crbp.yaml's 3000 iterations without the warm restarts
+
+
+def restarts_section(groups: dict, lengths=(14, 18)) -> str:
+    """The tracing recipe's three warm-restart cycles against one schedule as long, seed by seed."""
+    recipe, one = DEFAULT_MODELS[0], ONE_SCHEDULE
+    if one not in groups or recipe not in groups:
+        return "Not measured yet: `python -m experiments.experiment --models " + one + "`."
+    seeds = sorted(set(groups[recipe]) & set(groups[one]))
+    rows = []
+    for name in (recipe, one):
+        per_seed = {L: [report.test_metric(groups[name][s], L) for s in seeds] for L in lengths}
+        rows.append([MODELS[name][0]] + [" / ".join(f"{v:.3f}" for v in per_seed[L]) for L in lengths]
+                    + [report.pm(per_seed[L]) for L in lengths])
+    table = markdown_table(["model"] + [f"L={L}: seeds {', '.join(map(str, seeds))}" for L in lengths]
+                           + [f"L={L}" for L in lengths], rows)
+    both = {L: [report.test_metric(groups[one][s], L) - report.test_metric(groups[recipe][s], L) for s in seeds]
+            for L in lengths}
+    diffs = "; ".join(f"{L} paddles {report.pm(both[L])}" for L in lengths)
+    return (f"Both 3000 iterations of C-RBP at 64 steps from the same initialisation per seed: three cycles of "
+            f"1000 (warm-up and cosine decay each, a fresh Adam each: `crbp.yaml`) against one warm-up and one "
+            f"cosine decay over 3000 with one Adam (`configs/study/{one}.yaml`).\n\n{table}\n\n"
+            f"One schedule minus three cycles, seed by seed (mean ± std): {diffs}.")
+
+
 def write_report(command: str, memory: dict, setting: Setting):
     found = load_experiment(EXPERIMENT, setting.results_dir)
     groups = {name: found[name] for name in MODELS if name in found}
@@ -637,6 +662,10 @@ side by side: benchmarks/results/train_speed_pathfinder_table.md).
 ## The strongest baseline given more time
 
 {wall_clock}
+
+## Warm restarts or only the length
+
+{restarts_section(groups)}
 
 ## What the penalty buys
 
