@@ -510,7 +510,7 @@ def restarts_section(groups: dict, lengths=(14, 18)) -> str:
     both = {L: [report.test_metric(groups[one][s], L) - report.test_metric(groups[recipe][s], L) for s in seeds]
             for L in lengths}
     diffs = "; ".join(f"{L} paddles {report.pm(both[L])}" for L in lengths)
-    return (f"Both 3000 iterations of C-RBP at 64 steps from the same initialisation per seed: three cycles of "
+    return (f"Both: 3000 iterations of C-RBP at 64 steps, batch 16, the same seeds; three cycles of "
             f"1000 (warm-up and cosine decay each, a fresh Adam each: `crbp.yaml`) against one warm-up and one "
             f"cosine decay over 3000 with one Adam (`configs/study/{one}.yaml`).\n\n{table}\n\n"
             f"One schedule minus three cycles, seed by seed (mean ± std): {diffs}.")

@@ -4,6 +4,7 @@ reports numbers that mean something (IoU in [0, 1], a spectral radius, a distanc
 selection diagnostic's contour parts and marker influence have the properties they claim."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -300,3 +301,16 @@ def test_marker_free_line_marks_both_long_paths(contours):
 
     prepare_datasets(cfg)
     assert marker_free_metrics(cfg, 10, 12)["iou"] == 1.0
+
+
+def test_restarts_section_compares_the_recipe_with_one_schedule_seed_by_seed():
+    from experiments.experiment import DEFAULT_MODELS, MODELS, ONE_SCHEDULE, restarts_section
+
+    def runs(ious):
+        return {seed: {"test": {"14": {"iou": a}, "18": {"iou": b}}} for seed, (a, b) in enumerate(ious)}
+
+    groups = {DEFAULT_MODELS[0]: runs([(0.9, 0.8), (0.7, 0.6)]), ONE_SCHEDULE: runs([(0.8, 0.8), (0.5, 0.4)])}
+    text = restarts_section(groups)
+    assert f"| {MODELS[ONE_SCHEDULE][0]} | 0.800 / 0.500 | 0.800 / 0.400 |" in re.sub(" +", " ", text)
+    assert "14 paddles -0.150 ± 0.071; 18 paddles -0.100 ± 0.141" in text
+    assert restarts_section({DEFAULT_MODELS[0]: groups[DEFAULT_MODELS[0]]}).startswith("Not measured yet")
