@@ -122,8 +122,8 @@ def training_steps(suite: str, names: List[str], iterations: int, lr_scale: floa
 
     from crbp_detectron.crbp import HGRUCell
 
-    build = {"demo": _demo_model, "pathfinder": _pathfinder_model, "softplus": _pathfinder_model, "compiled": _pathfinder_model,
-             "pathfinder_table": lambda *a: _pathfinder_model(*a, weights=None)}[suite]
+    build = {"demo": _demo_model, "pathfinder": _pathfinder_model, "softplus": _pathfinder_model,
+             "compiled": _pathfinder_model, "pathfinder_table": lambda *a: _pathfinder_model(*a, weights=None)}[suite]
     steps, storages, batches = {}, {}, None
     for name in names:
         config, opts = SUITES[suite][name]

@@ -117,7 +117,7 @@ def test_report_from_per_run_results(data, tmp_path):
     part = {"n": 10, "on_own": 0.5, "on_other_contours": 0.4, "on_no_contour": 0.1, "own_covered": 0.6}
     composition = {"model": "crbp", "label": cg.MODELS["crbp"][1], "weights": "model_final.pth", "split": "test",
                    "mask_size": 56, "command": "python benchmarks/contour_grouping.py --models crbp --composition",
-                   "composition": {"model": {"crossing": part, "single": part}, "grid": {"crossing": part, "single": part}}}
+                   "composition": {source: {"crossing": part, "single": part} for source in ("model", "grid")}}
     (folder / f"{cg.COMPOSITION_PREFIX}crbp.json").write_text(json.dumps(composition))  # not a run either
     cg.write_report(str(tmp_path / "results"), data)
     md = (tmp_path / "results" / "contour_grouping.md").read_text()
