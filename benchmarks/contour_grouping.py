@@ -131,25 +131,30 @@ def spans_box_diagonal(pixels, box, reach=CORNER_REACH):
     return (near[x0, y0] and near[x1, y1]) or (near[x1, y0] and near[x0, y1])
 
 
+def through_grid(masks, boxes, mask_size: int):
+    """Boolean masks [N, H, W] cropped to their XYXY boxes at the mask head's resolution and pasted
+    back as Detectron2 pastes predictions: the masks a perfect mask head would give."""
+    from detectron2.layers.mask_ops import paste_masks_in_image
+    from detectron2.structures import BitMasks, Boxes
+
+    boxes = torch.tensor(boxes, dtype=torch.float32)
+    grid = BitMasks(torch.from_numpy(masks)).crop_and_resize(boxes, mask_size).float()
+    return paste_masks_in_image(grid, Boxes(boxes), masks.shape[1:], threshold=0.5).numpy()
+
+
 def grouping_bounds(paths, mask_size: int) -> dict:
     """Per contour of the split: the resolution bound and the non-grouping bound (see the module's
     docstring), and how often, inside the instance's box, the contour itself and another contour
     each run corner to corner (`spans_box_diagonal`): then the box alone does not say which of the
     two is the instance. Returns {group: {"n", "resolution_bound", "non_grouping_bound",
     "own_spans_box", "other_spans_box"}} (means) and "all"."""
-    from detectron2.layers.mask_ops import paste_masks_in_image
-    from detectron2.structures import BitMasks, Boxes
-
     keys = ("resolution_bound", "non_grouping_bound", "own_spans_box", "other_spans_box")
     values = {g: {k: [] for k in keys} for g in GROUPS}
     for image in split_images(paths):
         contours, masks, every = contour_instances(image)
         if not contours:
             continue
-        boxes = torch.tensor([t["box"] for t in contours], dtype=torch.float32)
-        targets = BitMasks(torch.from_numpy(masks)).crop_and_resize(boxes, mask_size).float()
-        pasted = paste_masks_in_image(targets, Boxes(boxes), masks.shape[1:], threshold=0.5).numpy()
-        for t, mask, back in zip(contours, masks, pasted):
+        for t, mask, back in zip(contours, masks, through_grid(masks, [t["box"] for t in contours], mask_size)):
             group = values["crossing" if t["crossing"] else "single"]
             group["resolution_bound"].append(iou(back, mask))
             in_box = box_region(t["box"], mask.shape)
@@ -331,9 +336,6 @@ def mask_composition(predictor, paths, mask_size):
     pixels on its own contour, on other contours and on no contour (gaps, background, shapes), and
     the fraction of its own contour it covers; the same for the ground truth through the mask grid
     and back (the resolution bound's masks), the reference a perfect head would give."""
-    from detectron2.layers.mask_ops import paste_masks_in_image
-    from detectron2.structures import BitMasks, Boxes
-
     from crbp_detectron.inference import read_image_rgb
 
     to_contiguous = predictor.metadata.thing_dataset_id_to_contiguous_id
@@ -346,10 +348,7 @@ def mask_composition(predictor, paths, mask_size):
         boxes = [t["box"] for t in contours]
         predicted, _ = oracle_mask_probabilities(predictor.model, predictor.cfg, read_image_rgb(image["image_path"]),
                                                  boxes, [to_contiguous[t["category_id"]] for t in contours])
-        box_tensor = torch.tensor(boxes, dtype=torch.float32)
-        grid = BitMasks(torch.from_numpy(truth)).crop_and_resize(box_tensor, mask_size).float()
-        grid = paste_masks_in_image(grid, Boxes(box_tensor), truth.shape[1:], threshold=0.5).numpy()
-        for source, masks in (("model", predicted), ("grid", grid)):
+        for source, masks in (("model", predicted), ("grid", through_grid(truth, boxes, mask_size))):
             for t, mask, own in zip(contours, masks, truth):
                 group = values[source]["crossing" if t["crossing"] else "single"]
                 area = max(int(mask.sum()), 1)
