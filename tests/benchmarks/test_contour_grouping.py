@@ -144,7 +144,7 @@ def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):
     val = {"crossing": {"n": 3, "mask_iou": 0.4123, "own_probability": 0.61, "other_probability": 0.37},
            "single": {"n": 1, "mask_iou": 0.6034}, "shapes": {"n": 2, "mask_iou": 0.9}}
     run = {"head": "feedforward", "config": "c.yaml", "overrides": [], "seed": 2, "iterations": 50,
-           "weights": "w.pth", "train_seconds": 1.0, "optimizer": "adam", "lr": 0.001, "min_iou": 0.95,
+           "weights": "w.pth", "train_seconds": 1.0, "optimizer": "adam", "lr": 0.001, "min_iou": 0.95, "pixels": True,
            "val": dict(val, crossing_by_depth={"bins": DEPTH_BINS, "own": [0.7, 0.6, 0.5, 0.4],
                                                "other": [0.1, 0.2, 0.3, 0.35]})}
     old = {"head": "crbp_state8", "config": "c.yaml", "overrides": ["MODEL.CRBP.STEPS", "20"], "seed": 0,
@@ -153,13 +153,111 @@ def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):
         (tmp_path / name).write_text(json.dumps(r))
     assert main(["--out", str(tmp_path), "--report-only"]) == 0
     rows = {r[0]: r for r in table_rows((tmp_path / "contour_mask_head.md").read_text(), ("feedforward", "crbp_state8"))}
-    assert rows["feedforward"][2:9] == ["adam 0.001", "0.95", "50", "2", "0.412", "0.603", "0.61 / 0.37"]
-    assert rows["feedforward"][9:] == ["0.70 0.60 0.50 0.40", "0.10 0.20 0.30 0.35"]
-    assert rows["crbp_state8"][1:4] == ["MODEL.CRBP.STEPS 20", "sgd config", "0.5"] and rows["crbp_state8"][9] == "-"
+    assert rows["feedforward"][1:10] == ["features + pixels", "-", "adam 0.001", "0.95", "50", "2", "0.412", "0.603",
+                                         "0.61 / 0.37"]
+    assert rows["feedforward"][10:] == ["0.70 0.60 0.50 0.40", "0.10 0.20 0.30 0.35"]
+    assert rows["crbp_state8"][1:5] == ["features", "MODEL.CRBP.STEPS 20", "sgd config", "0.5"]
+    assert rows["crbp_state8"][10] == "-"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit, match="no head JSONs"):
         main(["--out", str(empty), "--report-only"])
+
+
+def test_mask_head_diagnostic_pixels_are_the_image_on_the_box_after_the_features():
+    """--pixels: the head's input is the mask pooler's RoI features unchanged, then 3 channels of the
+    image sampled on the box at the pooler's resolution (an image that is its own x coordinate at
+    pixel centres gives the bins' centres), and nothing more without it."""
+    from detectron2.modeling.poolers import ROIPooler
+    from detectron2.structures import Boxes
+
+    from benchmarks.contour_mask_head import PIXELS, RoIInputs
+
+    pooler = ROIPooler((7, 7), scales=(1 / 4,), sampling_ratio=0, pooler_type="ROIAlignV2")
+    features = {"p2": torch.randn(2, 5, 16, 16), PIXELS: torch.zeros(2, 3, 64, 64)}
+    features[PIXELS][:, 1] = torch.arange(64.0) + 0.5  # channel 1: x at pixel centres
+    boxes = [Boxes(torch.tensor([[8.0, 4.0, 36.0, 60.0]]))]
+    plain = RoIInputs(pooler, ["p2"], pixels=False)(features, slice(1, 2), boxes)
+    both = RoIInputs(pooler, ["p2"], pixels=True)
+    pooled = both(features, slice(1, 2), boxes)
+    assert plain.shape == (1, 5, 7, 7) and both.extra_channels == 3 and pooled.shape == (1, 8, 7, 7)
+    assert torch.equal(pooled[:, :5], plain)
+    centres = 8.0 + (torch.arange(7.0) + 0.5) * 28 / 7
+    torch.testing.assert_close(pooled[0, 6], centres.expand(7, 7), rtol=0, atol=1e-4)
+    assert torch.equal(pooled[0, 5], torch.zeros(7, 7))
+
+
+def test_mask_head_diagnostic_marker_is_where_each_contour_enters_its_own_box():
+    """--marker: an instance's marker is its own pixels within 0.1 x its box's shorter side of the
+    box's sides, and each RoI gets its own instance's marker (two instances of one image differ)."""
+    import numpy as np
+    from detectron2.modeling.poolers import ROIPooler
+    from detectron2.structures import Boxes
+
+    from benchmarks.contour_mask_head import RoIInputs, start_markers
+
+    masks = np.zeros((2, 64, 64), bool)
+    for i in range(40):
+        masks[0, 10 + i, 10 + i] = True  # box [10, 10, 50, 50]: 4 px from the sides is the marker
+    masks[1, 30:34, 5:60] = True  # box [5, 30, 60, 34]: 4 px tall, the marker 0.4 px deep
+    markers = start_markers(masks, [[10, 10, 50, 50], [5, 30, 60, 34]])
+    diagonal = [i for i in range(40) if markers[0, 10 + i, 10 + i]]
+    assert diagonal == [0, 1, 2, 3, 36, 37, 38, 39] and markers[0].sum() == 8
+    assert not markers[1].any()  # every pixel of a 4 px tall box is >= 0.5 px from a side: 0.125 deep
+    markers[1, 31, 20:30] = True
+    inputs = RoIInputs(ROIPooler((8, 8), scales=(1 / 4,), sampling_ratio=0, pooler_type="ROIAlignV2"), ["p2"],
+                       marker=True)
+    boxes = [Boxes(torch.tensor([[10.0, 10.0, 50.0, 50.0], [5.0, 30.0, 60.0, 34.0]]))]
+    pooled = inputs({"p2": torch.randn(1, 5, 16, 16)}, slice(0, 1), boxes, [markers])
+    assert inputs.extra_channels == 1 and pooled.shape == (2, 6, 8, 8)
+    first, second = pooled[0, 5], pooled[1, 5]
+    assert first[0, 0] > 0.1 and first[-1, -1] > 0.1 and first[3:5, 3:5].abs().max() < 1e-6
+    assert first[0, -1] == 0 and second.max() > 0.1 and not torch.equal(first, second)
+
+
+def test_marker_influence_is_local_for_a_local_head_and_reaches_the_far_end_for_a_global_one():
+    """The marker's reach, by distance from it: a head whose logit is its marker channel changes
+    only at the marker (the nearest bin), one whose logit is the marker's mean over the box changes
+    every pixel alike, own and other; contours that do not cross are left out."""
+    import numpy as np
+    from detectron2.modeling.poolers import ROIPooler
+    from torch import nn
+
+    from benchmarks.contour_mask_head import INFLUENCE_BINS, RoIInputs, marker_influence, start_markers
+
+    ids = np.zeros((64, 64), np.int64)
+    for i in range(40):
+        ids[10 + i, 10 + i] = 1  # own: the box's diagonal
+        ids[49 - i, 10 + i] = 2  # the crossing contour, the other diagonal
+    ids[60, 0:20] = 3  # a single contour, far away
+    things = [{"id": 1, "category_id": 7, "box": [10, 10, 50, 50], "crossing": True},
+              {"id": 2, "category_id": 7, "box": [10, 10, 50, 50], "crossing": True},
+              {"id": 3, "category_id": 7, "box": [0, 60, 20, 61], "crossing": False}]
+    masks = np.stack([ids == t["id"] for t in things])
+    image = {"ids": ids, "things": things, "masks": masks,
+             "markers": start_markers(masks, [t["box"] for t in things])}
+    inputs = RoIInputs(ROIPooler((14, 14), scales=(1 / 4,), sampling_ratio=0, pooler_type="ROIAlignV2"), ["p2"],
+                       marker=True)
+    features = {"p2": torch.randn(1, 4, 16, 16)}
+
+    class Head(nn.Module):
+        def __init__(self, reach):
+            super().__init__()
+            self.reach = reach
+
+        def layers(self, x):
+            marker = nn.functional.interpolate(x[:, -1:], scale_factor=2)
+            out = marker if self.reach == "local" else marker.mean((2, 3), keepdim=True).expand_as(marker)
+            return out.repeat(1, 3, 1, 1) * 10  # three classes, class 1 the contour's
+
+    local = marker_influence(Head("local"), inputs, [image], features, {7: 1})
+    reach = marker_influence(Head("global"), inputs, [image], features, {7: 1})
+    assert local["bins"] == reach["bins"] == INFLUENCE_BINS
+    assert local["own"][0] > 1 and all(v == 0 for v in local["own"][2:] if v is not None)
+    assert local["other"][-1] == 0  # the crossing contour: over 0.5 box sides from the marker, at the centre
+    far = [v for v in reach["own"][2:] if v is not None]
+    assert far and min(far) > 0.01 and np.allclose(far, reach["own"][0])
+    assert np.isclose(reach["other"][-1], reach["own"][0])
 
 
 def test_spans_box_diagonal_tells_a_corner_to_corner_contour_from_one_through_the_middle():
