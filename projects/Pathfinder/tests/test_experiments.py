@@ -314,3 +314,49 @@ def test_restarts_section_compares_the_recipe_with_one_schedule_seed_by_seed():
     assert f"| {MODELS[ONE_SCHEDULE][0]} | 0.800 / 0.500 | 0.800 / 0.400 |" in re.sub(" +", " ", text)
     assert "14 paddles -0.150 ± 0.071; 18 paddles -0.100 ± 0.141" in text
     assert restarts_section({DEFAULT_MODELS[0]: groups[DEFAULT_MODELS[0]]}).startswith("Not measured yet")
+
+
+def test_wall_clock_section_counts_each_baselines_time_in_crbps_and_names_the_strongest_cheaper_one(tmp_path):
+    """Baselines given more time: each further cycle's share of C-RBP's 3000 iterations is
+    iterations x (its cost per iteration / C-RBP's, the median paired ratio), every baseline with
+    further cycles has its rows, and the strongest at 18 paddles is looked for among the baselines
+    at most half as dear as C-RBP (RBP, as dear, is not it even when it scores highest)."""
+    from experiments import wall_clock
+    from experiments.experiment import DEFAULT_MODELS, EXPERIMENT, MODELS, chain, wall_clock_section
+
+    crbp, rbp, bptt4, bptt8 = (DEFAULT_MODELS[0], "rbp_continued_twice", "bptt4_continued_twice",
+                               "bptt8_continued_twice")
+
+    def result(a, b):
+        return {"test": {"14": {"iou": a}, "18": {"iou": b}}}
+
+    def write(experiment, name, seed, r):
+        folder = tmp_path / experiment / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"seed{seed}.json").write_text(json.dumps(r))
+
+    groups = {crbp: {0: result(0.94, 0.84)}, rbp: {0: result(0.9, 0.8)}, bptt4: {0: result(0.62, 0.47)},
+              bptt8: {0: result(0.85, 0.59)}}
+    for model in (bptt4, bptt8):
+        for cycle, link in enumerate(chain(model), 1):
+            write(EXPERIMENT, link, 0, groups[model][0] if link == model else result(0.1 * cycle, float("nan")))
+    write(wall_clock.WALL_CLOCK, f"{bptt4}_cycle4", 0, result(0.64, 0.49))
+    for cycle, r in ((4, result(0.87, 0.61)), (5, result(0.88, 0.63))):
+        write(wall_clock.WALL_CLOCK, f"{bptt8}_cycle{cycle}", 0, r)
+    names = wall_clock.SPEED_NAMES
+    speed = tmp_path / "speed.json"
+    speed.write_text(json.dumps({"times": {names[crbp]: [2.0, 4.0, 2.0], names[rbp]: [1.9, 3.6, 1.8],
+                                           names[bptt4]: [0.3, 0.8, 0.4], names[bptt8]: [0.6, 1.2, 0.6]}}))
+    text = re.sub(" +", " ", wall_clock_section(groups, {"14": {"iou": 0.52}, "18": {"iou": 0.51}},
+                                                str(tmp_path), str(speed)))
+    assert f"| {MODELS[bptt8][0]} | 0.590 ± 0.000 | 0.300 | 10,000 |" in text  # ratios 0.3, 0.3, 0.3
+    assert f"| {MODELS[bptt4][0]} | 4 | 4000 | 0.27 | 0.640 | 0.490 |" in text  # ratios 0.15, 0.2, 0.2
+    assert f"| {MODELS[bptt8][0]} | 3 | 3000 | 0.30 | 0.850 | 0.590 |" in text
+    assert f"| {MODELS[bptt8][0]} | 1 | 1000 | 0.10 | 0.100 | – |" in text
+    assert f"| {MODELS[crbp][0]} | 3 | 3000 | 1.00 | 0.940 | 0.840 |" in text
+    assert "| marker-free line | – | – | – | 0.520 | 0.510 |" in text
+    assert (f"{MODELS[bptt8][0]}, reached 0.50 of C-RBP's time: IoU 0.880 / 0.630 at 14 / 18 paddles, "
+            "against C-RBP's seed 0 at its 3000 iterations: 0.940 / 0.840.") in text
+    without = {m: g for m, g in groups.items() if m != bptt8}
+    assert f"{MODELS[bptt4][0]}, reached 0.27 of C-RBP's time" in wall_clock_section(without, {}, str(tmp_path),
+                                                                                     str(speed))
