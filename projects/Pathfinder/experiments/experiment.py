@@ -83,6 +83,8 @@ STUDY = {
     "crbp_anderson_steps64": "hGRU C-RBP, 64 steps, Anderson forward",
     "crbp_anderson_continued_steps64": "hGRU C-RBP, 64 steps, Anderson forward, 2000 iterations (1000 more)",
     "crbp_anderson_continued_twice_steps64": "hGRU C-RBP, 64 steps, Anderson forward, 3000 iterations (2000 more)",
+    # the first cycle with the graph-free evaluations compiled (MODEL.CRBP.FORWARD.COMPILE)
+    "crbp_compiled_steps64": "hGRU C-RBP, 64 steps, compiled forward, 1000 iterations",
     # the models at 10 channels, the experiment's width before 16, and the recipes tried there
     "crbp_channels10": "hGRU C-RBP, 10 ch",
     "bptt_channels10": "hGRU BPTT-1, 10 ch",
@@ -509,26 +511,53 @@ def wall_clock_section(groups: dict, marker_free: dict, results_dir: str, speed_
 ONE_SCHEDULE = "crbp_one_schedule_steps64"  # crbp.yaml's 3000 iterations without the warm restarts
 
 
-def restarts_section(groups: dict, lengths=(14, 18)) -> str:
-    """The tracing recipe's three warm-restart cycles against one schedule as long, seed by seed."""
-    recipe, one = DEFAULT_MODELS[0], ONE_SCHEDULE
-    if one not in groups or recipe not in groups:
-        return "Not measured yet: `python -m experiments.experiment --models " + one + "`."
-    seeds = sorted(set(groups[recipe]) & set(groups[one]))
+COMPILED = "crbp_compiled_steps64"  # the first cycle with MODEL.CRBP.FORWARD.COMPILE
+
+
+def seed_by_seed(groups: dict, base: str, other: str, lengths=(14, 18)):
+    """(a table of both models' IoU per seed and mean ± std at each length, {length: other - base per
+    seed, "mean ± std"}) over the seeds both have."""
+    seeds = sorted(set(groups[base]) & set(groups[other]))
     rows = []
-    for name in (recipe, one):
+    for name in (base, other):
         per_seed = {L: [report.test_metric(groups[name][s], L) for s in seeds] for L in lengths}
         rows.append([MODELS[name][0]] + [" / ".join(f"{v:.3f}" for v in per_seed[L]) for L in lengths]
                     + [report.pm(per_seed[L]) for L in lengths])
     table = markdown_table(["model"] + [f"L={L}: seeds {', '.join(map(str, seeds))}" for L in lengths]
                            + [f"L={L}" for L in lengths], rows)
-    both = {L: [report.test_metric(groups[one][s], L) - report.test_metric(groups[recipe][s], L) for s in seeds]
-            for L in lengths}
-    diffs = "; ".join(f"{L} paddles {report.pm(both[L])}" for L in lengths)
+    return table, {L: report.pm([report.test_metric(groups[other][s], L) - report.test_metric(groups[base][s], L)
+                                 for s in seeds]) for L in lengths}
+
+
+def restarts_section(groups: dict, lengths=(14, 18)) -> str:
+    """The tracing recipe's three warm-restart cycles against one schedule as long, seed by seed."""
+    recipe, one = DEFAULT_MODELS[0], ONE_SCHEDULE
+    if one not in groups or recipe not in groups:
+        return "Not measured yet: `python -m experiments.experiment --models " + one + "`."
+    table, both = seed_by_seed(groups, recipe, one, lengths)
+    diffs = "; ".join(f"{L} paddles {both[L]}" for L in lengths)
     return (f"Both: 3000 iterations of C-RBP at 64 steps, batch 16, the same seeds; three cycles of "
             f"1000 (warm-up and cosine decay each, a fresh Adam each: `crbp.yaml`) against one warm-up and one "
             f"cosine decay over 3000 with one Adam (`configs/study/{one}.yaml`).\n\n{table}\n\n"
             f"One schedule minus three cycles, seed by seed (mean ± std): {diffs}.")
+
+
+def compiled_section(groups: dict, lengths=(14, 18)) -> str:
+    """The first cycle trained with the compiled forward against the eager one, seed by seed."""
+    eager = "crbp_steps64"
+    if COMPILED not in groups or eager not in groups:
+        return "Not measured yet: `python -m experiments.experiment --models " + COMPILED + "`."
+    table, both = seed_by_seed(groups, eager, COMPILED, lengths)
+    diffs = "; ".join(f"{L} paddles {both[L]}" for L in lengths)
+    seconds = {name: report.pm([r["train"]["seconds_per_iteration"] for r in groups[name].values()], 2)
+               for name in (eager, COMPILED)}
+    return (f"Both: the tracing recipe's first cycle (1000 iterations of C-RBP at 64 steps, batch 16, the same "
+            f"seeds); its 64 graph-free cell evaluations eager, or through torch.compile "
+            f"(`configs/study/{COMPILED}.yaml`, `MODEL.CRBP.FORWARD.COMPILE True`).\n\n{table}\n\n"
+            f"Compiled minus eager, seed by seed (mean ± std): {diffs}. Seconds per iteration as the runs "
+            f"recorded them (eager {seconds[eager]}, compiled {seconds[COMPILED]}) come from different "
+            f"loads and code versions (the eager runs predate the graph-free softplus); the side-by-side "
+            f"cost is benchmarks/results/train_speed_compiled.md.")
 
 
 def write_report(command: str, memory: dict, setting: Setting):
@@ -681,6 +710,10 @@ side by side: benchmarks/results/train_speed_pathfinder_table.md).
 ## Warm restarts or only the length
 
 {restarts_section(groups)}
+
+## Trained with the compiled forward
+
+{compiled_section(groups)}
 
 ## What the penalty buys
 

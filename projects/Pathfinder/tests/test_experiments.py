@@ -360,3 +360,19 @@ def test_wall_clock_section_counts_each_baselines_time_in_crbps_and_names_the_st
     without = {m: g for m, g in groups.items() if m != bptt8}
     assert f"{MODELS[bptt4][0]}, reached 0.27 of C-RBP's time" in wall_clock_section(without, {}, str(tmp_path),
                                                                                      str(speed))
+
+
+def test_compiled_section_compares_the_compiled_first_cycle_with_the_eager_one_seed_by_seed():
+    from experiments.experiment import COMPILED, MODELS, compiled_section
+
+    def runs(ious, seconds):
+        return {seed: {"test": {"14": {"iou": a}, "18": {"iou": b}}, "train": {"seconds_per_iteration": seconds}}
+                for seed, (a, b) in enumerate(ious)}
+
+    groups = {"crbp_steps64": runs([(0.5, 0.3), (0.4, 0.2), (0.6, 0.4)], 3.5),
+              COMPILED: runs([(0.52, 0.3), (0.41, 0.25), (0.5, 0.3)], 1.2)}
+    text = re.sub(" +", " ", compiled_section(groups))
+    assert f"| {MODELS[COMPILED][0]} | 0.520 / 0.410 / 0.500 | 0.300 / 0.250 / 0.300 |" in text
+    assert "14 paddles -0.023 ± 0.067; 18 paddles -0.017 ± 0.076" in text
+    assert "eager 3.50 ± 0.00, compiled 1.20 ± 0.00" in text
+    assert compiled_section({"crbp_steps64": groups["crbp_steps64"]}).startswith("Not measured yet")
