@@ -393,6 +393,12 @@ def main(argv=None):
     return 0
 
 
+def input_label(run) -> str:
+    """What a run's heads saw: the RoI features, and the pixels and the marker where it added them."""
+    return " + ".join(["features"] + ["pixels"] * bool(run.get("pixels"))
+                      + ["start marker (oracle)"] * bool(run.get("marker")))
+
+
 def write_report(folder):
     """contour_mask_head.md in `folder`: one row per head and seed from its JSONs."""
     from crbp_detectron.utils.tables import markdown_table
@@ -405,8 +411,7 @@ def write_report(folder):
         v = r["val"]
         depth = v.get("crossing_by_depth")  # absent from runs before the depth bins were measured
         by_depth = [" ".join(f"{x:.2f}" for x in depth[k]) if depth else "-" for k in ("own", "other")]
-        given = ["features"] + ["pixels"] * bool(r.get("pixels")) + ["start marker (oracle)"] * bool(r.get("marker"))
-        rows.append([r["head"], " + ".join(given), " ".join(r["overrides"]) or "-",
+        rows.append([r["head"], input_label(r), " ".join(r["overrides"]) or "-",
                      f"{r.get('optimizer', 'sgd')} {r.get('lr') or 'config'}", str(r.get("min_iou", 0.5)),
                      str(r["iterations"]), str(r["seed"]), f"{v['crossing']['mask_iou']:.3f}",
                      f"{v['single']['mask_iou']:.3f}",
@@ -415,8 +420,7 @@ def write_report(folder):
     reach = [r for r in runs if r["val"].get("marker_influence")]
     reach_table = markdown_table(
         ["head", "input", "seed", "on"] + [f"{a}-{b}" for a, b in zip(INFLUENCE_BINS, INFLUENCE_BINS[1:])],
-        [[r["head"], " + ".join(["features"] + ["pixels"] * bool(r.get("pixels")) + ["start marker (oracle)"]),
-          str(r["seed"]), key] + ["-" if v is None else f"{v:.3f}" for v in r["val"]["marker_influence"][key]]
+        [[r["head"], input_label(r), str(r["seed"]), key] + ["-" if v is None else f"{v:.3f}" for v in r["val"]["marker_influence"][key]]
          for r in reach for key in ("own", "other")]) if reach else ""
     text = "\n".join([
         "# Mask heads alone on frozen features (benchmarks/contour_mask_head.py)", "",

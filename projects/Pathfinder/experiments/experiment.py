@@ -515,8 +515,8 @@ COMPILED = "crbp_compiled_steps64"  # the first cycle with MODEL.CRBP.FORWARD.CO
 
 
 def seed_by_seed(groups: dict, base: str, other: str, lengths=(14, 18)):
-    """(a table of both models' IoU per seed and mean ± std at each length, {length: other - base per
-    seed, "mean ± std"}) over the seeds both have."""
+    """(a table of both models' IoU per seed and mean ± std at each length, "<L> paddles <other - base,
+    seed by seed, mean ± std>; ..."), over the seeds both have."""
     seeds = sorted(set(groups[base]) & set(groups[other]))
     rows = []
     for name in (base, other):
@@ -525,8 +525,9 @@ def seed_by_seed(groups: dict, base: str, other: str, lengths=(14, 18)):
                     + [report.pm(per_seed[L]) for L in lengths])
     table = markdown_table(["model"] + [f"L={L}: seeds {', '.join(map(str, seeds))}" for L in lengths]
                            + [f"L={L}" for L in lengths], rows)
-    return table, {L: report.pm([report.test_metric(groups[other][s], L) - report.test_metric(groups[base][s], L)
-                                 for s in seeds]) for L in lengths}
+    diffs = {L: report.pm([report.test_metric(groups[other][s], L) - report.test_metric(groups[base][s], L)
+                           for s in seeds]) for L in lengths}
+    return table, "; ".join(f"{L} paddles {diffs[L]}" for L in lengths)
 
 
 def restarts_section(groups: dict, lengths=(14, 18)) -> str:
@@ -534,8 +535,7 @@ def restarts_section(groups: dict, lengths=(14, 18)) -> str:
     recipe, one = DEFAULT_MODELS[0], ONE_SCHEDULE
     if one not in groups or recipe not in groups:
         return "Not measured yet: `python -m experiments.experiment --models " + one + "`."
-    table, both = seed_by_seed(groups, recipe, one, lengths)
-    diffs = "; ".join(f"{L} paddles {both[L]}" for L in lengths)
+    table, diffs = seed_by_seed(groups, recipe, one, lengths)
     return (f"Both: 3000 iterations of C-RBP at 64 steps, batch 16, the same seeds; three cycles of "
             f"1000 (warm-up and cosine decay each, a fresh Adam each: `crbp.yaml`) against one warm-up and one "
             f"cosine decay over 3000 with one Adam (`configs/study/{one}.yaml`).\n\n{table}\n\n"
@@ -547,8 +547,7 @@ def compiled_section(groups: dict, lengths=(14, 18)) -> str:
     eager = "crbp_steps64"
     if COMPILED not in groups or eager not in groups:
         return "Not measured yet: `python -m experiments.experiment --models " + COMPILED + "`."
-    table, both = seed_by_seed(groups, eager, COMPILED, lengths)
-    diffs = "; ".join(f"{L} paddles {both[L]}" for L in lengths)
+    table, diffs = seed_by_seed(groups, eager, COMPILED, lengths)
     seconds = {name: report.pm([r["train"]["seconds_per_iteration"] for r in groups[name].values()], 2)
                for name in (eager, COMPILED)}
     return (f"Both: the tracing recipe's first cycle (1000 iterations of C-RBP at 64 steps, batch 16, the same "
