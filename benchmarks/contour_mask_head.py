@@ -24,6 +24,18 @@ says how far each such head carries it (marker_influence; --influence measures i
 
     python benchmarks/contour_mask_head.py --weights W --heads feedforward crbp_state16 --marker --out DIR
     python benchmarks/contour_mask_head.py --weights W --marker --influence --out DIR
+
+With --context F every head sees and predicts its box scaled by F about its centre: an instance's own
+contour never leaves its box and a crossing contour does, so what lies just outside the box tells the
+contours apart, but only at the box's sides; carrying that inwards along each contour is grouping, a
+cue that needs no oracle. --cycles N trains as Pathfinder's recipe does: N warm restarts of
+--iterations, each with a fresh optimizer and the same warm-up and cosine schedule. Every run also
+records the resolution bound of its region (what a head that outputs the ground truth scores).
+
+For saved runs (each run keeps its head's weights beside its JSON), with the input flags they had:
+--equilibrium asks of each recurrent head what Pathfinder's equilibrium diagnostic asks (does its
+state settle past its training steps, and is dF/dh contractive there: head_equilibrium), --bound
+adds the resolution bound to runs from before it was recorded, and --influence the marker's reach.
 """
 import argparse
 import glob
@@ -67,7 +79,7 @@ class RoIInputs:
     extra channels, with `pixels` the image itself and with `marker` the instance's start marker,
     each pooled on the same box at the same resolution (ROIAlignV2 at scale 1)."""
 
-    def __init__(self, pooler, feature_names, pixels: bool = False, marker: bool = False):
+    def __init__(self, pooler, feature_names, pixels: bool = False, marker: bool = False, context: float = 1.0):
         from detectron2.layers import ROIAlign
         from detectron2.modeling.poolers import ROIPooler
 
@@ -75,6 +87,15 @@ class RoIInputs:
         self.pixel_pooler = ROIPooler(pooler.output_size, scales=(1.0,), sampling_ratio=0,
                                       pooler_type="ROIAlignV2") if pixels else None
         self.marker_align = ROIAlign(pooler.output_size, 1.0, 0, aligned=True) if marker else None
+        self.context = context
+
+    def rois(self, boxes):
+        """The region a head sees and predicts for each XYXY box: the box scaled by `context` about
+        its centre (not clipped: ROIAlign reads zeros outside the image). With context > 1 a head
+        sees where contours continue beyond the box; its instance's own pixels never do."""
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        centre, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]) / 2 * self.context
+        return np.concatenate([centre - half, centre + half], axis=1).tolist()
 
     @property
     def extra_channels(self) -> int:
@@ -167,27 +188,31 @@ def build_head(config, overrides, seed, extra_channels=0):
 
 
 def train_head(head, cfg, inputs, images, features, to_contiguous, iterations, seed, batch=4, lr=None, log=None,
-               optimizer="sgd", min_iou=0.5):
+               optimizer="sgd", min_iou=0.5, cycles=1):
+    """`cycles` warm restarts of `iterations` each (Pathfinder's recipe): every cycle starts from the
+    previous one's weights with a fresh optimizer and the same warm-up and cosine schedule."""
     from detectron2.utils.events import EventStorage
 
     from crbp_detectron.crbp import collect_recurrence, penalty_losses
 
     lr = lr or cfg.SOLVER.BASE_LR
     params = [p for p in head.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-    warmup = min(100, iterations // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * i / iterations)))
+    warmup = max(1, min(100, iterations // 10))
     rng = np.random.default_rng(seed)
     size = images[0]["masks"].shape[1]
     head.train()
     history, start = [], time.time()
-    for it in range(iterations):
+    for it in range(iterations * cycles):
+        if it % iterations == 0:
+            if optimizer == "adam":
+                opt = torch.optim.Adam(params, lr=lr)
+            else:
+                opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * i / iterations)))
         pick = rng.choice(len(images), batch, replace=False)
-        instances = [make_instances(images[i], jittered_boxes(rng, [t["box"] for t in images[i]["things"]], size, min_iou),
-                                    to_contiguous, train=True) for i in pick]
+        instances = [make_instances(images[i], inputs.rois(jittered_boxes(rng, [t["box"] for t in images[i]["things"]], size,
+                                                                          min_iou)), to_contiguous, train=True) for i in pick]
         pooled = inputs(features, pick, [x.proposal_boxes for x in instances], [images[i]["markers"] for i in pick])
         with EventStorage(it):  # mask_rcnn_loss logs its accuracy there
             losses = head(pooled, instances)
@@ -203,6 +228,8 @@ def train_head(head, cfg, inputs, images, features, to_contiguous, iterations, s
         sched.step()
         history.append({k: float(v.detach()) for k, v in losses.items()})
         history[-1].update({f"residual/{name}": s.stats[-1].residual for name, s in summaries.items() if s.stats})
+        history[-1].update({f"backward_residual/{name}": s.stats[-1].backward.residual for name, s in summaries.items()
+                            if s.stats and s.stats[-1].backward is not None})  # the RBP solve's, this step
         if log and (it + 1) % 100 == 0:
             log(f"iter {it + 1} ({(time.time() - start) / (it + 1):.2f} s/it): " + ", ".join(f"{k} {np.mean([h[k] for h in history[-100:]]):.4f}" for k in history[-1]))
     return history
@@ -217,11 +244,11 @@ def evaluate_head(head, inputs, images, features, to_contiguous):
     rows = []
     profile = DepthProfile()
     for i, image in enumerate(images):
-        boxes = [t["box"] for t in image["things"]]
-        inst = make_instances(image, boxes, to_contiguous, train=False)
+        rois = inputs.rois([t["box"] for t in image["things"]])
+        inst = make_instances(image, rois, to_contiguous, train=False)
         pooled = inputs(features, slice(i, i + 1), [inst.pred_boxes], [image["markers"]])
         out = head(pooled, [inst])[0]
-        masks, probs = pasted(out.pred_masks[:, 0], boxes, image["masks"].shape[1:])
+        masks, probs = pasted(out.pred_masks[:, 0], rois, image["masks"].shape[1:])
         _, _, every = contour_instances(image)
         for t, predicted, prob, mask in zip(image["things"], masks, probs, image["masks"]):
             row = {"crossing": t["crossing"], "mask_iou": iou(predicted, mask)}
@@ -245,6 +272,38 @@ def evaluate_head(head, inputs, images, features, to_contiguous):
     return out
 
 
+class GroundTruthHead(torch.nn.Module):
+    """A perfect mask head: for each RoI, its own instance's ground-truth mask cropped to the RoI's
+    region on the mask head's output grid (`side`), as Detectron2 makes mask targets. `masks` are
+    the image's instance masks in the order of its things (evaluate_head's RoIs)."""
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side, self.masks = side, None
+
+    def forward(self, x, instances):
+        from detectron2.structures import BitMasks
+
+        inst = instances[0]
+        inst.pred_masks = BitMasks(torch.from_numpy(self.masks)).crop_and_resize(
+            inst.pred_boxes.tensor, self.side).float()[:, None]
+        return instances
+
+
+def resolution_bound(head, inputs, images, features, to_contiguous):
+    """What a perfect head scores with these inputs (with --context, on the larger region at the
+    same grid): crossing and single contours' mask IoU, oracle boxes. `head` is not used (the
+    measurement of saved runs passes each run's)."""
+    side = 2 * inputs.pooler.output_size[0]  # the deconv doubles the pooler's grid
+    perfect, scores = GroundTruthHead(side), {"crossing": [], "single": []}
+    for i, image in enumerate(images):
+        perfect.masks = image["masks"]
+        result = evaluate_head(perfect, inputs, [image], {n: f[i:i + 1] for n, f in features.items()}, to_contiguous)
+        for group, values in scores.items():
+            values += [result[group]["mask_iou"]] * result[group]["n"]
+    return {group: float(np.mean(v)) if v else None for group, v in scores.items()}
+
+
 INFLUENCE_BINS = [0.0, 0.1, 0.2, 0.3, 0.5, 1.5]  # distance from the marker, in box sides
 
 
@@ -264,7 +323,7 @@ def marker_influence(head, inputs, images, features, to_contiguous):
         crossing = [k for k, t in enumerate(image["things"]) if t["crossing"]]
         if not crossing:
             continue
-        boxes = Boxes(torch.tensor([image["things"][k]["box"] for k in crossing], dtype=torch.float32))
+        boxes = Boxes(torch.tensor(inputs.rois([image["things"][k]["box"] for k in crossing]), dtype=torch.float32))
         x = inputs(features, slice(i, i + 1), [boxes], [image["markers"][crossing]])
         erased = x.clone()
         erased[:, -1] = 0  # the marker is the last channel
@@ -288,6 +347,60 @@ def marker_influence(head, inputs, images, features, to_contiguous):
     return {"bins": INFLUENCE_BINS, **{k: [float(s / n) if n else None for s, n in v] for k, v in sums.items()}}
 
 
+def head_equilibrium(head, inputs, images, features, to_contiguous, far_factor: int = 4):
+    """Whether a recurrent head's state is at its equilibrium on the val split's crossing contours
+    (oracle boxes), as Pathfinder's equilibrium diagnostic asks of its hGRU: the cell run from h0
+    to `far_factor` x its training steps (the horizon), the relative step size ||h_t - h_(t-1)|| /
+    ||h_t|| per step (mean over RoIs), the distance of h_horizon to h_far, the spectral radius of
+    dF/dh at the horizon and at the far step (power iteration; the RBP gradient is the fixed
+    point's only if the state is there and rho < 1), and the crossing IoU with the head evaluated
+    at the horizon, 2x and far_factor x its steps."""
+    from detectron2.structures import Boxes
+
+    from crbp_detectron.crbp import relative_distance, spectral_radius
+
+    head.eval()
+    recurrence = head.recurrence
+    horizon = recurrence.steps
+    far = far_factor * horizon
+    pooled = []
+    for i, image in enumerate(images):
+        crossing = [k for k, t in enumerate(image["things"]) if t["crossing"]]
+        if crossing:
+            boxes = Boxes(torch.tensor(inputs.rois([image["things"][k]["box"] for k in crossing]), dtype=torch.float32))
+            pooled.append(inputs(features, slice(i, i + 1), [boxes], [image["markers"][crossing]]))
+    with torch.no_grad():
+        pooled = torch.cat(pooled)
+        x = pooled if head.drive is None else head.drive(pooled)
+        h = recurrence.initial_state(x)
+        states, steps = [], []
+        for _ in range(far):
+            h_next = recurrence.cell(x, h)
+            steps.append(relative_distance(h, h_next))
+            states.append(h := h_next)
+    crossing_iou = {}
+    saved = recurrence.test_steps
+    try:
+        for label, k in (("horizon", horizon), ("2x", 2 * horizon), (f"{far_factor}x", far)):
+            recurrence.test_steps = k
+            crossing_iou[label] = evaluate_head(head, inputs, images, features, to_contiguous)["crossing"]["mask_iou"]
+    finally:
+        recurrence.test_steps = saved
+    return {"horizon": horizon, "far": far, "rois": int(x.shape[0]),
+            "step_size": [float(f"{v:.4g}") for v in steps],
+            "distance_to_far_at_horizon": relative_distance(states[horizon - 1], states[-1]),
+            "rho_at_horizon": spectral_radius(recurrence.cell, x, states[horizon - 1]),
+            "rho_at_far": spectral_radius(recurrence.cell, x, states[-1]),
+            "crossing_iou": crossing_iou}
+
+
+SAVED_RUN_MEASUREMENTS = {  # --flag: (key in the run's "val", which runs it applies to, the measurement)
+    "influence": ("marker_influence", lambda run, head: run.get("marker"), marker_influence),
+    "equilibrium": ("equilibrium", lambda run, head: hasattr(head, "recurrence"), head_equilibrium),
+    "bound": ("resolution_bound", lambda run, head: True, resolution_bound),
+}
+
+
 # ----------------------------------------------------------------------------------------- main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -296,7 +409,9 @@ def main(argv=None):
     parser.add_argument("--heads", nargs="*", default=[], choices=list(HEADS))
     parser.add_argument("--head", nargs="+", action="append", default=[], metavar=("NAME", "CONFIG"),
                         help="another head: NAME CONFIG [KEY VALUE ...]")
-    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--iterations", type=int, default=2000, help="per cycle")
+    parser.add_argument("--cycles", type=int, default=1,
+                        help="warm restarts: cycles of --iterations, each with a fresh optimizer and schedule")
     parser.add_argument("--lr", type=float, default=None, help="default: the config's SOLVER.BASE_LR")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     parser.add_argument("--min-iou", type=float, default=0.5, help="training boxes' IoU with their ground truth at least")
@@ -307,6 +422,15 @@ def main(argv=None):
     parser.add_argument("--influence", action="store_true",
                         help="only measure how far the marker reaches (marker_influence) for the folder's --marker "
                              "runs that lack it, from their saved heads")
+    parser.add_argument("--equilibrium", action="store_true",
+                        help="only measure whether the folder's recurrent heads (saved runs with these input flags) "
+                             "are at their equilibrium (head_equilibrium)")
+    parser.add_argument("--bound", action="store_true",
+                        help="only measure the resolution bound at the folder's runs' inputs (resolution_bound), where "
+                             "a run lacks it")
+    parser.add_argument("--context", type=float, default=1.0,
+                        help="each head sees and predicts its box scaled by this about its centre: > 1 shows where "
+                             "contours leave the box (an instance's own never do)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, help="folder for one JSON per head and seed, and the report")
     parser.add_argument("--report-only", action="store_true", help="the report from the folder's JSONs")
@@ -336,7 +460,8 @@ def main(argv=None):
     train_images, train_features = cached_features(model, paths["train"])
     val_images, val_features = cached_features(model, paths["val"])
     print(f"features of {len(train_images)} + {len(val_images)} images in {time.time() - start:.0f} s", flush=True)
-    inputs = RoIInputs(model.roi_heads.mask_pooler, model.roi_heads.mask_in_features, args.pixels, args.marker)
+    inputs = RoIInputs(model.roi_heads.mask_pooler, model.roi_heads.mask_in_features, args.pixels, args.marker,
+                       args.context)
     keep = inputs.names + ([PIXELS] if args.pixels else [])
     train_features = {n: train_features[n] for n in keep}
     val_features = {n: val_features[n] for n in keep}
@@ -344,21 +469,27 @@ def main(argv=None):
     if args.pixels:  # the backbone's input units (std ~60) to unit std, as the features' scale is a few units
         for split in (train_features, val_features):
             split[PIXELS] = split[PIXELS] / pixel_scale
-    if args.influence:
-        if not args.marker:
+    measure = [flag for flag in SAVED_RUN_MEASUREMENTS if getattr(args, flag)]
+    if measure:
+        if args.influence and not args.marker:
             parser.error("--influence measures --marker runs: give --marker (and --pixels if they had it)")
         for path in sorted(glob.glob(os.path.join(args.out, "*.json"))):
             with open(path) as f:
                 result = json.load(f)
-            if (not result.get("marker") or bool(result.get("pixels")) != args.pixels
-                    or "marker_influence" in result["val"]):
-                continue
+            if (bool(result.get("marker")) != args.marker or bool(result.get("pixels")) != args.pixels
+                    or result.get("context", 1.0) != args.context):
+                continue  # the runs whose heads saw these inputs
             _, head = build_head(result["config"], result["overrides"], result["seed"], inputs.extra_channels)
+            todo = [(key, fn) for key, applies, fn in (SAVED_RUN_MEASUREMENTS[f] for f in measure)
+                    if applies(result, head) and key not in result["val"]]
+            if not todo:
+                continue
             head.load_state_dict(torch.load(path[:-len(".json")] + ".pth"))
-            result["val"]["marker_influence"] = marker_influence(head, inputs, val_images, val_features, to_contiguous)
+            for key, fn in todo:
+                result["val"][key] = fn(head, inputs, val_images, val_features, to_contiguous)
+                print(path, key, json.dumps(result["val"][key])[:400], flush=True)
             with open(path, "w") as f:
                 json.dump(result, f, indent=1)
-            print(path, json.dumps(result["val"]["marker_influence"]), flush=True)
         print(write_report(args.out))
         return 0
     heads = {name: HEADS[name] for name in args.heads}
@@ -366,25 +497,27 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     for name, (config, overrides) in heads.items():
         for seed in args.seeds:
-            variant = ("_pixels" if args.pixels else "") + ("_marker" if args.marker else "")
+            variant = (("_pixels" if args.pixels else "") + ("_marker" if args.marker else "")
+                       + (f"_context{args.context:g}" if args.context != 1 else ""))
             path = os.path.join(args.out, f"{name}{variant}_seed{seed}.json")
             if os.path.isfile(path):
                 continue
             cfg, head = build_head(config, overrides, seed, inputs.extra_channels)
             start = time.time()
             history = train_head(head, cfg, inputs, train_images, train_features, to_contiguous, args.iterations, seed,
-                                 lr=args.lr, optimizer=args.optimizer, min_iou=args.min_iou,
+                                 lr=args.lr, optimizer=args.optimizer, min_iou=args.min_iou, cycles=args.cycles,
                                  log=lambda m: print(f"{name} seed {seed} {m}", flush=True))
             seconds = time.time() - start
             result = {"head": name, "config": config, "overrides": list(overrides), "seed": seed,
-                      "iterations": args.iterations, "weights": args.weights, "train_seconds": seconds,
+                      "iterations": args.iterations, "cycles": args.cycles, "weights": args.weights, "train_seconds": seconds,
                       "optimizer": args.optimizer, "lr": args.lr, "min_iou": args.min_iou, "pixels": args.pixels,
-                      "pixel_scale": pixel_scale, "marker": args.marker,
+                      "pixel_scale": pixel_scale, "marker": args.marker, "context": args.context,
                       "loss_last_100": {k: float(np.mean([h[k] for h in history[-100:]])) for k in history[-1]},
                       "val": evaluate_head(head, inputs, val_images, val_features, to_contiguous)}
             if args.marker:
                 result["val"]["marker_influence"] = marker_influence(head, inputs, val_images, val_features,
                                                                      to_contiguous)
+            result["val"]["resolution_bound"] = resolution_bound(head, inputs, val_images, val_features, to_contiguous)
             with open(path, "w") as f:
                 json.dump(result, f, indent=1)
             torch.save(head.state_dict(), path[:-len(".json")] + ".pth")  # small: for diagnostics
@@ -395,8 +528,39 @@ def main(argv=None):
 
 def input_label(run) -> str:
     """What a run's heads saw: the RoI features, and the pixels and the marker where it added them."""
-    return " + ".join(["features"] + ["pixels"] * bool(run.get("pixels"))
-                      + ["start marker (oracle)"] * bool(run.get("marker")))
+    context = run.get("context", 1.0)  # runs before --context saw the box itself
+    return (" + ".join(["features"] + ["pixels"] * bool(run.get("pixels"))
+                       + ["start marker (oracle)"] * bool(run.get("marker")))
+            + (f", box x {context:g}" if context != 1 else ""))
+
+
+def plot_equilibrium(runs, path):
+    """The relative step size against the step for every run with an equilibrium measurement (one
+    colour per head and input, a marker at its training horizon)."""
+    from crbp_detectron.utils.plotting import saved_panels
+
+    kinds = sorted({(r["head"], input_label(r), training_label(r)) for r in runs})
+    labelled = set()  # one legend entry per kind
+    with saved_panels(path, "Recurrent mask heads past their training steps (val, crossing contours)",
+                      [("step", "relative step size ||h_t - h_t-1|| / ||h_t||")], figsize=(7.5, 5),
+                      legend_below=True) as (ax,):
+        for r in runs:
+            e, kind = r["val"]["equilibrium"], (r["head"], input_label(r), training_label(r))
+            color = f"C{kinds.index(kind)}"
+            label = None if kind in labelled else f"{kind[0]} ({kind[1]}; {kind[2]})"
+            labelled.add(kind)
+            ax.semilogy(range(1, len(e["step_size"]) + 1), e["step_size"], color=color, label=label, lw=1)
+            ax.plot([e["horizon"]], [e["step_size"][e["horizon"] - 1]], "o", color=color, ms=4)
+
+
+def iterations_label(run) -> str:
+    cycles = run.get("cycles", 1)  # runs before --cycles trained one
+    return f"{cycles} x {run['iterations']}" if cycles > 1 else str(run["iterations"])
+
+
+def training_label(run) -> str:
+    """Optimizer, learning rate and iterations, e.g. 'adam 0.002, 3 x 1000'."""
+    return f"{run.get('optimizer', 'sgd')} {run.get('lr') or 'config'}, {iterations_label(run)}"
 
 
 def write_report(folder):
@@ -412,16 +576,31 @@ def write_report(folder):
         depth = v.get("crossing_by_depth")  # absent from runs before the depth bins were measured
         by_depth = [" ".join(f"{x:.2f}" for x in depth[k]) if depth else "-" for k in ("own", "other")]
         rows.append([r["head"], input_label(r), " ".join(r["overrides"]) or "-",
-                     f"{r.get('optimizer', 'sgd')} {r.get('lr') or 'config'}", str(r.get("min_iou", 0.5)),
-                     str(r["iterations"]), str(r["seed"]), f"{v['crossing']['mask_iou']:.3f}",
+                     training_label(r).split(", ")[0], str(r.get("min_iou", 0.5)),
+                     iterations_label(r), str(r["seed"]), f"{v['crossing']['mask_iou']:.3f}",
                      f"{v['single']['mask_iou']:.3f}",
                      f"{v['crossing']['own_probability']:.2f} / {v['crossing']['other_probability']:.2f}"] + by_depth)
     bins = DEPTH_BINS
     reach = [r for r in runs if r["val"].get("marker_influence")]
     reach_table = markdown_table(
-        ["head", "input", "seed", "on"] + [f"{a}-{b}" for a, b in zip(INFLUENCE_BINS, INFLUENCE_BINS[1:])],
-        [[r["head"], input_label(r), str(r["seed"]), key] + ["-" if v is None else f"{v:.3f}" for v in r["val"]["marker_influence"][key]]
+        ["head", "input", "training", "seed", "on"] + [f"{a}-{b}" for a, b in zip(INFLUENCE_BINS, INFLUENCE_BINS[1:])],
+        [[r["head"], input_label(r), training_label(r), str(r["seed"]), key] + ["-" if v is None else f"{v:.3f}" for v in r["val"]["marker_influence"][key]]
          for r in reach for key in ("own", "other")]) if reach else ""
+    settled = [r for r in runs if r["val"].get("equilibrium")]
+    settled_table = markdown_table(
+        ["head", "input", "training", "seed", "horizon", "step size at horizon", "at 4x", "distance to h_far at horizon",
+         "rho(J) at horizon", "rho(J) at far", "crossing IoU at horizon / 2x / 4x"],
+        [[r["head"], input_label(r), training_label(r), str(r["seed"]), str(e["horizon"]), f"{e['step_size'][e['horizon'] - 1]:.4f}",
+          f"{e['step_size'][-1]:.4f}", f"{e['distance_to_far_at_horizon']:.3f}", f"{e['rho_at_horizon']:.3f}",
+          f"{e['rho_at_far']:.3f}", " / ".join(f"{v:.3f}" for v in e["crossing_iou"].values())]
+         for r in settled for e in [r["val"]["equilibrium"]]]) if settled else ""
+    bounds = {input_label(r).partition(", ")[2] or "box": r["val"]["resolution_bound"] for r in runs
+              if r["val"].get("resolution_bound")}
+    bounds_table = markdown_table(["region", "crossing IoU", "single IoU"],
+                                  [[region, f"{b['crossing']:.3f}", f"{b['single']:.3f}"]
+                                   for region, b in sorted(bounds.items())]) if bounds else ""
+    if settled:
+        plot_equilibrium(settled, os.path.join(folder, "contour_mask_head_equilibrium.png"))
     text = "\n".join([
         "# Mask heads alone on frozen features (benchmarks/contour_mask_head.py)", "",
         "A diagnostic, not a comparison of trained models: one backbone's features, oracle boxes, val split.",
@@ -430,17 +609,32 @@ def write_report(folder):
         "'other' on the other contours' pixels inside its box. Input: the RoI features of the mask pooler",
         "(FPN levels, 28 x 28); with --pixels also the image's pixels on the box at the same resolution; with",
         f"--marker also the instance's own pixels within {MARKER_DEPTH} x its box's shorter side of the box's sides",
-        "(where its contour enters the box: an oracle cue, as Pathfinder's marker).",
+        "(where its contour enters the box: an oracle cue, as Pathfinder's marker); 'box x F' (--context F):",
+        "the head sees and predicts its box scaled by F about its centre (where contours leave the box).",
         f"Backbone weights: {sorted({r['weights'] for r in runs})}.", "",
         markdown_table(["head", "input", "overrides", "optimizer, lr", "train box IoU >=", "iterations", "seed",
                         "crossing IoU", "single IoU", "crossing own / other prob.",
                         f"own prob. by depth {bins}", "other prob. by depth"], rows), ""]
+        + (["## The resolution bound of each region", "",
+            "What a perfect head scores (each RoI's own ground-truth mask on the head's 56 x 56 output grid over",
+            "its region, pasted back; val split, oracle boxes): a larger region (--context) samples the box more",
+            "coarsely. (python benchmarks/contour_mask_head.py --bound ...; every run since measures it)", "",
+            bounds_table, ""] if bounds else [])
         + (["## How far the marker reaches", "",
             "The mean change of the mask logit (absolute) when the marker channel is zeroed, crossing contours,",
             "oracle boxes, val split, by distance from the marker in box sides (on the head's output grid), on",
             "the contour's own pixels and on the other contours' pixels in its box: a head that follows its",
             "contour from the marker changes its own pixels far from the marker, and not the other contours'.",
-            "(python benchmarks/contour_mask_head.py --influence --marker ...)", "", reach_table, ""] if reach else []))
+            "(python benchmarks/contour_mask_head.py --influence --marker ...)", "", reach_table, ""] if reach else [])
+        + (["## Is the recurrent head at its equilibrium?", "",
+            "Each recurrent head's cell run from h0 to 4x its training steps (the horizon) on the val split's",
+            "crossing contours (oracle boxes): the relative step size ||h_t - h_t-1|| / ||h_t|| (what the forward's",
+            "residual test sees), the distance of h at the horizon to h at 4x, the spectral radius of dF/dh by",
+            "power iteration (the RBP gradient is the fixed point's only where the state is there and rho < 1), and",
+            "the crossing IoU with the head evaluated at 1x, 2x and 4x its steps.",
+            "(python benchmarks/contour_mask_head.py --equilibrium [--marker] [--context F] ...)", "", settled_table, "",
+            "![step size per step](contour_mask_head_equilibrium.png)", ""]
+           if settled else []))
     with open(os.path.join(folder, "contour_mask_head.md"), "w") as f:
         f.write(text)
     return text

@@ -9,6 +9,6 @@ from .penalties import PENALTIES, jacobian_frobenius_penalty, lipschitz_penalty
 from .recurrence import IMPLICIT_STEPS, MODES, PENALIZED_MODES, Recurrence, RecurrenceRecord
 from .solver import (FORWARD_SOLVERS, FixedPointMap, ForwardConfig, IterationResult, iterate, register_forward_solver,
                      relative_residual, samples_independent, solve_forward)
-from .stats import BackwardStats, RecurrenceStats
+from .stats import BackwardStats, RecurrenceStats, relative_distance, spectral_radius
 
 __all__ = [k for k in dir() if not k.startswith("_")]

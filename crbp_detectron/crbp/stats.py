@@ -64,3 +64,26 @@ class RecurrenceStats:
         if self.backward is not None:
             out.update(self.backward.as_dict())
         return out
+
+
+def spectral_radius(cell, x, h, iterations: int = 60) -> float:
+    """|largest eigenvalue| of dF/dh at (x, h) by power iteration on vector-Jacobian products
+    (the growth rate over the last third of the iterations). Gradient-based training is valid at a
+    fixed point only where this is below 1: there the Neumann series of the RBP gradient converges."""
+    h = h.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = cell(x.detach(), h)
+    v = torch.randn_like(h, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm()
+    norms = []
+    for _ in range(iterations):
+        (v,) = torch.autograd.grad(out, h, v, retain_graph=True)
+        norms.append(float(v.norm()))
+        v = v / v.norm().clamp_min(1e-30)
+    tail = norms[2 * iterations // 3:]
+    return float(torch.tensor(tail).log().mean().exp())
+
+
+def relative_distance(a, b) -> float:
+    """Mean over samples of ||a - b|| / ||b||."""
+    return float((a - b).flatten(1).norm(dim=1).div(b.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())

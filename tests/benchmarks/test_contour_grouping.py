@@ -149,15 +149,29 @@ def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):
                                                "other": [0.1, 0.2, 0.3, 0.35]})}
     old = {"head": "crbp_state8", "config": "c.yaml", "overrides": ["MODEL.CRBP.STEPS", "20"], "seed": 0,
            "iterations": 50, "weights": "w.pth", "train_seconds": 1.0, "val": val}
-    for name, r in (("a.json", run), ("b.json", old)):
+    recurrent = {"head": "crbp_pf16", "config": "c.yaml", "overrides": ["MODEL.CRBP.STEPS", "3"], "seed": 1,
+                 "iterations": 40, "cycles": 3, "weights": "w.pth", "train_seconds": 1.0, "context": 1.25,
+                 "val": dict(val, resolution_bound={"crossing": 0.767, "single": 0.8},
+                             equilibrium={"horizon": 3, "far": 12, "rois": 3, "step_size": [1.0, 0.5, 0.25] + [0.01] * 9,
+                                          "distance_to_far_at_horizon": 0.3, "rho_at_horizon": 1.2, "rho_at_far": 0.98,
+                                          "crossing_iou": {"horizon": 0.41, "2x": 0.2, "4x": 0.1}})}
+    for name, r in (("a.json", run), ("b.json", old), ("c.json", recurrent)):
         (tmp_path / name).write_text(json.dumps(r))
     assert main(["--out", str(tmp_path), "--report-only"]) == 0
-    rows = {r[0]: r for r in table_rows((tmp_path / "contour_mask_head.md").read_text(), ("feedforward", "crbp_state8"))}
+    text = (tmp_path / "contour_mask_head.md").read_text()
+    rows = {r[0]: r for r in table_rows(text, ("feedforward", "crbp_state8"))}
     assert rows["feedforward"][1:10] == ["features + pixels", "-", "adam 0.001", "0.95", "50", "2", "0.412", "0.603",
                                          "0.61 / 0.37"]
     assert rows["feedforward"][10:] == ["0.70 0.60 0.50 0.40", "0.10 0.20 0.30 0.35"]
     assert rows["crbp_state8"][1:5] == ["features", "MODEL.CRBP.STEPS 20", "sgd config", "0.5"]
     assert rows["crbp_state8"][10] == "-"
+    assert table_rows(text, ("crbp_pf16",))[0][1:7] == ["features, box x 1.25", "MODEL.CRBP.STEPS 3", "sgd config",
+                                                       "0.5", "3 x 40", "1"]
+    assert table_rows(text, ("box x 1.25",)) == [["box x 1.25", "0.767", "0.800"]]  # the bound, by region
+    settled = table_rows(text.split("at its equilibrium?")[1], ("crbp_pf16",))
+    assert settled == [["crbp_pf16", "features, box x 1.25", "sgd config, 3 x 40", "1", "3", "0.2500", "0.0100", "0.300", "1.200", "0.980",
+                        "0.410 / 0.200 / 0.100"]]
+    assert (tmp_path / "contour_mask_head_equilibrium.png").stat().st_size > 0
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit, match="no head JSONs"):
@@ -277,3 +291,91 @@ def test_spans_box_diagonal_tells_a_corner_to_corner_contour_from_one_through_th
     half = diagonal.copy()
     half[40:] = False  # reaches the top-left corner only
     assert not spans_box_diagonal(half, box)
+
+
+def test_mask_head_diagnostic_context_scales_the_box_and_a_perfect_head_keeps_its_score(data):
+    """--context: a head sees and predicts its box scaled about its centre (the pasted mask covers
+    the larger region); a perfect head (its RoI's own ground truth on the output grid) scores nearly
+    as well with context 1.25 as on the box itself, losing only what the coarser sampling of the box
+    loses (resolution_bound), and its own/other probabilities are still measured on the box."""
+    import numpy as np
+    from detectron2.modeling.poolers import ROIPooler
+
+    from benchmarks.contour_grouping import split_images
+    from benchmarks.contour_mask_head import GroundTruthHead, RoIInputs, evaluate_head, resolution_bound, start_markers
+
+    pooler = ROIPooler((28, 28), scales=(1 / 4,), sampling_ratio=0, pooler_type="ROIAlignV2")
+    assert np.allclose(RoIInputs(pooler, ["p2"], context=1.25).rois([[10, 20, 50, 40]]), [[5, 17.5, 55, 42.5]])
+    assert RoIInputs(pooler, ["p2"]).rois([[10, 20, 50, 40]]) == [[10, 20, 50, 40]]
+    images = []
+    for image in split_images(data["val"]):
+        masks = np.stack([image["ids"] == t["id"] for t in image["things"]])
+        images.append({**image, "masks": masks, "markers": start_markers(masks, [t["box"] for t in image["things"]])})
+    size = images[0]["masks"].shape[1]
+    features = {"p2": torch.zeros(len(images), 2, size // 4, size // 4)}
+    to_contiguous = {c["id"]: i for i, c in enumerate(c for c in CATEGORIES if c["isthing"])}
+
+    class Recording(GroundTruthHead):
+        def forward(self, x, instances):
+            self.seen = instances[0].pred_boxes.tensor.clone()
+            return super().forward(x, instances)
+
+    bounds = {}
+    for context in (1.0, 1.25):
+        inputs = RoIInputs(pooler, ["p2"], context=context)
+        head = Recording(56)
+        for i, image in enumerate(images):
+            head.masks = image["masks"]
+            result = evaluate_head(head, inputs, [image], {"p2": features["p2"][i:i + 1]}, to_contiguous)
+            expected = torch.tensor(inputs.rois([t["box"] for t in image["things"]]), dtype=torch.float32)
+            assert torch.allclose(head.seen, expected)
+            if result["crossing"]["n"]:
+                assert result["crossing"]["own_probability"] > 0.7 > 0.05 > result["crossing"]["other_probability"]
+        bounds[context] = resolution_bound(None, inputs, images, features, to_contiguous)
+    for group, score in bounds[1.0].items():
+        if score is not None:
+            assert score > 0.8 and score - 0.15 < bounds[1.25][group] < score
+
+
+@pytest.mark.parametrize("rate", [0.5, 1.2])
+def test_mask_head_equilibrium_finds_a_contraction_settled_and_an_expansion_not(data, rate):
+    """head_equilibrium on a recurrent mask head whose cell is h <- rate * h + x (dF/dh = rate I):
+    the step size at the horizon is the closed form rate^(t-1) (1 - rate) / (1 - rate^t), rho(J)
+    is `rate` at the horizon and far past it, and the head is evaluated at 1x, 2x and 4x its steps."""
+    import numpy as np
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.poolers import ROIPooler
+
+    from benchmarks.contour_grouping import split_images
+    from benchmarks.contour_mask_head import RoIInputs, head_equilibrium, start_markers
+    from crbp_detectron.crbp import Recurrence
+    from crbp_detectron.modeling.mask_head import CRBPMaskHead
+
+    class Scaled(nn.Module):
+        def forward(self, x, h):
+            return rate * h + x
+
+    images = []
+    for image in split_images(data["val"]):
+        masks = np.stack([image["ids"] == t["id"] for t in image["things"]])
+        images.append({**image, "masks": masks, "markers": start_markers(masks, [t["box"] for t in image["things"]])})
+    if not any(t["crossing"] for image in images for t in image["things"]):
+        pytest.skip("no crossing contour in the generated val split")
+    size = images[0]["masks"].shape[1]
+    features = {"p2": torch.randn(len(images), 3, size // 4, size // 4, generator=torch.Generator().manual_seed(0))}
+    to_contiguous = {c["id"]: i for i, c in enumerate(c for c in CATEGORIES if c["isthing"])}
+    head = CRBPMaskHead(ShapeSpec(channels=3, width=14, height=14), num_classes=len(to_contiguous),
+                        recurrence=Recurrence(Scaled(), mode="crbp", steps=5), output_norm="", deconv_dim=4)
+    inputs = RoIInputs(ROIPooler((14, 14), scales=(1 / 4,), sampling_ratio=0, pooler_type="ROIAlignV2"), ["p2"])
+    result = head_equilibrium(head, inputs, images, features, to_contiguous)
+    assert result["horizon"] == 5 and result["far"] == 20 and len(result["step_size"]) == 20
+    t = np.arange(1, 21)
+    expected = rate ** (t - 1) * (1 - rate) / (1 - rate ** t)
+    assert np.allclose(result["step_size"], np.abs(expected), rtol=1e-3)
+    assert result["rho_at_horizon"] == pytest.approx(rate, rel=1e-4)
+    assert result["rho_at_far"] == pytest.approx(rate, rel=1e-4)
+    assert list(result["crossing_iou"]) == ["horizon", "2x", "4x"]
+    assert all(0 <= v <= 1 for v in result["crossing_iou"].values())
+    assert head.recurrence.test_steps is None  # the evaluation's steps are put back
+    settled = result["distance_to_far_at_horizon"] < 0.1
+    assert settled == (rate < 1)

@@ -24,6 +24,7 @@ from pathfinder.config import load_pathfinder_config
 from pathfinder.data import test_name, test_tensors
 from pathfinder.evaluation import PixelCounts
 from pathfinder.engine import PathfinderTrainer, prepare_datasets
+from crbp_detectron.crbp import relative_distance, spectral_radius
 from crbp_detectron.utils.plotting import saved_panels
 from crbp_detectron.utils.tables import markdown_table
 
@@ -56,28 +57,6 @@ def trained_model(result: dict, weights: str, data_root: str = "", opts=()):
     return model.eval(), cfg
 
 
-def spectral_radius(cell, x, h, iterations: int = 60) -> float:
-    """|largest eigenvalue| of dF/dh at (x, h) by power iteration on vector-Jacobian products
-    (the growth rate over the last third of the iterations)."""
-    h = h.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = cell(x.detach(), h)
-    v = torch.randn_like(h, generator=torch.Generator().manual_seed(0))
-    v = v / v.norm()
-    norms = []
-    for _ in range(iterations):
-        (v,) = torch.autograd.grad(out, h, v, retain_graph=True)
-        norms.append(float(v.norm()))
-        v = v / v.norm().clamp_min(1e-30)
-    tail = norms[2 * iterations // 3:]
-    return float(torch.tensor(tail).log().mean().exp())
-
-
-def _relative_distance(a, b) -> float:
-    """Mean over samples of ||a - b|| / ||b||."""
-    return float((a - b).flatten(1).norm(dim=1).div(b.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
-
-
 @torch.no_grad()
 def trace(model, images, masks, far: int):
     x = model.front(images)
@@ -85,11 +64,11 @@ def trace(model, images, masks, far: int):
     states, ious, steps = [], [], []
     for _ in range(far):
         h_next = model.recurrence.cell(x, h)
-        steps.append(_relative_distance(h, h_next))
+        steps.append(relative_distance(h, h_next))
         h = h_next
         states.append(h)
         ious.append(_iou(model.readout(h, images), masks))
-    distance = [_relative_distance(s, h) for s in states]
+    distance = [relative_distance(s, h) for s in states]
     return x, states, ious, steps, distance
 
 
