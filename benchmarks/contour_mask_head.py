@@ -353,11 +353,12 @@ def head_equilibrium(head, inputs, images, features, to_contiguous, far_factor: 
     to `far_factor` x its training steps (the horizon), the relative step size ||h_t - h_(t-1)|| /
     ||h_t|| per step (mean over RoIs), the distance of h_horizon to h_far, the spectral radius of
     dF/dh at the horizon and at the far step (power iteration; the RBP gradient is the fixed
-    point's only if the state is there and rho < 1), and the crossing IoU with the head evaluated
-    at the horizon, 2x and far_factor x its steps."""
+    point's only if the state is there and rho < 1), the largest column sum of dF/dh at the horizon
+    (what C-RBP's Lipschitz-constant penalty holds under its lambda: 1^T J, signed), and the crossing
+    IoU with the head evaluated at the horizon, 2x and far_factor x its steps."""
     from detectron2.structures import Boxes
 
-    from crbp_detectron.crbp import relative_distance, spectral_radius
+    from crbp_detectron.crbp import lipschitz_penalty, relative_distance, spectral_radius
 
     head.eval()
     recurrence = head.recurrence
@@ -378,6 +379,9 @@ def head_equilibrium(head, inputs, images, features, to_contiguous, far_factor: 
             h_next = recurrence.cell(x, h)
             steps.append(relative_distance(h, h_next))
             states.append(h := h_next)
+    at_horizon = states[horizon - 1].detach().requires_grad_(True)
+    with torch.enable_grad():
+        _, column_sums = lipschitz_penalty(recurrence.cell(x, at_horizon), at_horizon, create_graph=False)
     crossing_iou = {}
     saved = recurrence.test_steps
     try:
@@ -391,6 +395,7 @@ def head_equilibrium(head, inputs, images, features, to_contiguous, far_factor: 
             "distance_to_far_at_horizon": relative_distance(states[horizon - 1], states[-1]),
             "rho_at_horizon": spectral_radius(recurrence.cell, x, states[horizon - 1]),
             "rho_at_far": spectral_radius(recurrence.cell, x, states[-1]),
+            "max_column_sum_at_horizon": float(column_sums.max()),
             "crossing_iou": crossing_iou}
 
 
@@ -542,12 +547,11 @@ def plot_equilibrium(runs, path):
     kinds = sorted({(r["head"], input_label(r), training_label(r)) for r in runs})
     labelled = set()  # one legend entry per kind
     with saved_panels(path, "Recurrent mask heads past their training steps (val, crossing contours)",
-                      [("step", "relative step size ||h_t - h_t-1|| / ||h_t||")], figsize=(7.5, 5),
-                      legend_below=True) as (ax,):
+                      [("step", "relative step size ||h_t - h_t-1|| / ||h_t||")], figsize=(9, 5)) as (ax,):
         for r in runs:
             e, kind = r["val"]["equilibrium"], (r["head"], input_label(r), training_label(r))
             color = f"C{kinds.index(kind)}"
-            label = None if kind in labelled else f"{kind[0]} ({kind[1]}; {kind[2]})"
+            label = None if kind in labelled else f"{r['head']}: {input_label(r)}, {iterations_label(r)} its"
             labelled.add(kind)
             ax.semilogy(range(1, len(e["step_size"]) + 1), e["step_size"], color=color, label=label, lw=1)
             ax.plot([e["horizon"]], [e["step_size"][e["horizon"] - 1]], "o", color=color, ms=4)
@@ -589,10 +593,11 @@ def write_report(folder):
     settled = [r for r in runs if r["val"].get("equilibrium")]
     settled_table = markdown_table(
         ["head", "input", "training", "seed", "horizon", "step size at horizon", "at 4x", "distance to h_far at horizon",
-         "rho(J) at horizon", "rho(J) at far", "crossing IoU at horizon / 2x / 4x"],
+         "rho(J) at horizon", "rho(J) at far", "max column sum 1^T J at horizon", "crossing IoU at horizon / 2x / 4x"],
         [[r["head"], input_label(r), training_label(r), str(r["seed"]), str(e["horizon"]), f"{e['step_size'][e['horizon'] - 1]:.4f}",
           f"{e['step_size'][-1]:.4f}", f"{e['distance_to_far_at_horizon']:.3f}", f"{e['rho_at_horizon']:.3f}",
-          f"{e['rho_at_far']:.3f}", " / ".join(f"{v:.3f}" for v in e["crossing_iou"].values())]
+          f"{e['rho_at_far']:.3f}", f"{e['max_column_sum_at_horizon']:.3f}" if "max_column_sum_at_horizon" in e else "-",
+          " / ".join(f"{v:.3f}" for v in e["crossing_iou"].values())]
          for r in settled for e in [r["val"]["equilibrium"]]]) if settled else ""
     bounds = {input_label(r).partition(", ")[2] or "box": r["val"]["resolution_bound"] for r in runs
               if r["val"].get("resolution_bound")}
@@ -630,8 +635,9 @@ def write_report(folder):
             "Each recurrent head's cell run from h0 to 4x its training steps (the horizon) on the val split's",
             "crossing contours (oracle boxes): the relative step size ||h_t - h_t-1|| / ||h_t|| (what the forward's",
             "residual test sees), the distance of h at the horizon to h at 4x, the spectral radius of dF/dh by",
-            "power iteration (the RBP gradient is the fixed point's only where the state is there and rho < 1), and",
-            "the crossing IoU with the head evaluated at 1x, 2x and 4x its steps.",
+            "power iteration (the RBP gradient is the fixed point's only where the state is there and rho < 1), the",
+            "largest column sum of dF/dh (what the LCP holds under its lambda; '-': runs measured before it was",
+            "recorded), and the crossing IoU with the head evaluated at 1x, 2x and 4x its steps.",
             "(python benchmarks/contour_mask_head.py --equilibrium [--marker] [--context F] ...)", "", settled_table, "",
             "![step size per step](contour_mask_head_equilibrium.png)", ""]
            if settled else []))

@@ -170,7 +170,7 @@ def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):
     assert table_rows(text, ("box x 1.25",)) == [["box x 1.25", "0.767", "0.800"]]  # the bound, by region
     settled = table_rows(text.split("at its equilibrium?")[1], ("crbp_pf16",))
     assert settled == [["crbp_pf16", "features, box x 1.25", "sgd config, 3 x 40", "1", "3", "0.2500", "0.0100", "0.300", "1.200", "0.980",
-                        "0.410 / 0.200 / 0.100"]]
+                        "-", "0.410 / 0.200 / 0.100"]]  # '-': measured before the column sums were
     assert (tmp_path / "contour_mask_head_equilibrium.png").stat().st_size > 0
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -341,7 +341,8 @@ def test_mask_head_diagnostic_context_scales_the_box_and_a_perfect_head_keeps_it
 def test_mask_head_equilibrium_finds_a_contraction_settled_and_an_expansion_not(data, rate):
     """head_equilibrium on a recurrent mask head whose cell is h <- rate * h + x (dF/dh = rate I):
     the step size at the horizon is the closed form rate^(t-1) (1 - rate) / (1 - rate^t), rho(J)
-    is `rate` at the horizon and far past it, and the head is evaluated at 1x, 2x and 4x its steps."""
+    is `rate` at the horizon and far past it, so is every column sum, and the head is evaluated at
+    1x, 2x and 4x its steps."""
     import numpy as np
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.poolers import ROIPooler
@@ -374,6 +375,7 @@ def test_mask_head_equilibrium_finds_a_contraction_settled_and_an_expansion_not(
     assert np.allclose(result["step_size"], np.abs(expected), rtol=1e-3)
     assert result["rho_at_horizon"] == pytest.approx(rate, rel=1e-4)
     assert result["rho_at_far"] == pytest.approx(rate, rel=1e-4)
+    assert result["max_column_sum_at_horizon"] == pytest.approx(rate)  # 1^T (rate I)
     assert list(result["crossing_iou"]) == ["horizon", "2x", "4x"]
     assert all(0 <= v <= 1 for v in result["crossing_iou"].values())
     assert head.recurrence.test_steps is None  # the evaluation's steps are put back
