@@ -38,6 +38,7 @@ state settle past its training steps, and is dF/dh contractive there: head_equil
 adds the resolution bound to runs from before it was recorded, and --influence the marker's reach.
 """
 import argparse
+import functools
 import glob
 import json
 import os
@@ -290,10 +291,9 @@ class GroundTruthHead(torch.nn.Module):
         return instances
 
 
-def resolution_bound(head, inputs, images, features, to_contiguous):
+def resolution_bound(inputs, images, features, to_contiguous):
     """What a perfect head scores with these inputs (with --context, on the larger region at the
-    same grid): crossing and single contours' mask IoU, oracle boxes. `head` is not used (the
-    measurement of saved runs passes each run's)."""
+    same grid): crossing and single contours' mask IoU, oracle boxes."""
     side = 2 * inputs.pooler.output_size[0]  # the deconv doubles the pooler's grid
     perfect, scores = GroundTruthHead(side), {"crossing": [], "single": []}
     for i, image in enumerate(images):
@@ -302,6 +302,18 @@ def resolution_bound(head, inputs, images, features, to_contiguous):
         for group, values in scores.items():
             values += [result[group]["mask_iou"]] * result[group]["n"]
     return {group: float(np.mean(v)) if v else None for group, v in scores.items()}
+
+
+def crossing_inputs(inputs, features, index, image):
+    """The image's crossing contours (their indices among its things), their regions (Boxes) and
+    what a head sees on them; None where the image has no crossing contour."""
+    from detectron2.structures import Boxes
+
+    crossing = [k for k, t in enumerate(image["things"]) if t["crossing"]]
+    if not crossing:
+        return None
+    boxes = Boxes(torch.tensor(inputs.rois([image["things"][k]["box"] for k in crossing]), dtype=torch.float32))
+    return crossing, boxes, inputs(features, slice(index, index + 1), [boxes], [image["markers"][crossing]])
 
 
 INFLUENCE_BINS = [0.0, 0.1, 0.2, 0.3, 0.5, 1.5]  # distance from the marker, in box sides
@@ -315,16 +327,15 @@ def marker_influence(head, inputs, images, features, to_contiguous):
     and on the other contours' pixels. A head that follows its contour from the marker changes
     its own pixels far from it; one that does not, only near it."""
     import cv2
-    from detectron2.structures import BitMasks, Boxes
+    from detectron2.structures import BitMasks
 
     head.eval()
     sums = {k: np.zeros((len(INFLUENCE_BINS) - 1, 2)) for k in ("own", "other")}  # (sum, count) per bin
     for i, image in enumerate(images):
-        crossing = [k for k, t in enumerate(image["things"]) if t["crossing"]]
-        if not crossing:
+        found = crossing_inputs(inputs, features, i, image)
+        if found is None:
             continue
-        boxes = Boxes(torch.tensor(inputs.rois([image["things"][k]["box"] for k in crossing]), dtype=torch.float32))
-        x = inputs(features, slice(i, i + 1), [boxes], [image["markers"][crossing]])
+        crossing, boxes, x = found
         erased = x.clone()
         erased[:, -1] = 0  # the marker is the last channel
         classes = torch.tensor([to_contiguous[image["things"][k]["category_id"]] for k in crossing])
@@ -356,22 +367,15 @@ def head_equilibrium(head, inputs, images, features, to_contiguous, far_factor: 
     point's only if the state is there and rho < 1), the largest column sum of dF/dh at the horizon
     (what C-RBP's Lipschitz-constant penalty holds under its lambda: 1^T J, signed), and the crossing
     IoU with the head evaluated at the horizon, 2x and far_factor x its steps."""
-    from detectron2.structures import Boxes
-
     from crbp_detectron.crbp import lipschitz_penalty, relative_distance, spectral_radius
 
     head.eval()
     recurrence = head.recurrence
     horizon = recurrence.steps
     far = far_factor * horizon
-    pooled = []
-    for i, image in enumerate(images):
-        crossing = [k for k, t in enumerate(image["things"]) if t["crossing"]]
-        if crossing:
-            boxes = Boxes(torch.tensor(inputs.rois([image["things"][k]["box"] for k in crossing]), dtype=torch.float32))
-            pooled.append(inputs(features, slice(i, i + 1), [boxes], [image["markers"][crossing]]))
+    found = [crossing_inputs(inputs, features, i, image) for i, image in enumerate(images)]
     with torch.no_grad():
-        pooled = torch.cat(pooled)
+        pooled = torch.cat([x for _, _, x in filter(None, found)])
         x = pooled if head.drive is None else head.drive(pooled)
         h = recurrence.initial_state(x)
         steps = []
@@ -399,13 +403,6 @@ def head_equilibrium(head, inputs, images, features, to_contiguous, far_factor: 
             "rho_at_far": spectral_radius(recurrence.cell, x, h),
             "max_column_sum_at_horizon": float(column_sums.max()),
             "crossing_iou": crossing_iou}
-
-
-SAVED_RUN_MEASUREMENTS = {  # --flag: (key in the run's "val", which runs it applies to, the measurement)
-    "influence": ("marker_influence", lambda run, head: run.get("marker"), marker_influence),
-    "equilibrium": ("equilibrium", lambda run, head: hasattr(head, "recurrence"), head_equilibrium),
-    "bound": ("resolution_bound", lambda run, head: True, resolution_bound),
-}
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -476,7 +473,16 @@ def main(argv=None):
     if args.pixels:  # the backbone's input units (std ~60) to unit std, as the features' scale is a few units
         for split in (train_features, val_features):
             split[PIXELS] = split[PIXELS] / pixel_scale
-    measure = [flag for flag in SAVED_RUN_MEASUREMENTS if getattr(args, flag)]
+    val = (val_images, val_features, to_contiguous)
+    bound = functools.lru_cache(maxsize=None)(lambda: resolution_bound(inputs, *val))  # one per region, not per head
+    measurements = {  # flag: (key in a run's "val", the runs it applies to, the measurement of a head)
+        "influence": ("marker_influence", lambda run, head: run.get("marker"),
+                      lambda head: marker_influence(head, inputs, *val)),
+        "equilibrium": ("equilibrium", lambda run, head: hasattr(head, "recurrence"),
+                        lambda head: head_equilibrium(head, inputs, *val)),
+        "bound": ("resolution_bound", lambda run, head: True, lambda head: bound()),
+    }
+    measure = [flag for flag in measurements if getattr(args, flag)]
     if measure:
         if args.influence and not args.marker:
             parser.error("--influence measures --marker runs: give --marker (and --pixels if they had it)")
@@ -487,13 +493,13 @@ def main(argv=None):
                     or result.get("context", 1.0) != args.context):
                 continue  # the runs whose heads saw these inputs
             _, head = build_head(result["config"], result["overrides"], result["seed"], inputs.extra_channels)
-            todo = [(key, fn) for key, applies, fn in (SAVED_RUN_MEASUREMENTS[f] for f in measure)
+            todo = [(key, fn) for key, applies, fn in (measurements[f] for f in measure)
                     if applies(result, head) and key not in result["val"]]
             if not todo:
                 continue
             head.load_state_dict(torch.load(path[:-len(".json")] + ".pth"))
             for key, fn in todo:
-                result["val"][key] = fn(head, inputs, val_images, val_features, to_contiguous)
+                result["val"][key] = fn(head)
                 print(path, key, json.dumps(result["val"][key])[:400], flush=True)
             with open(path, "w") as f:
                 json.dump(result, f, indent=1)
@@ -524,7 +530,7 @@ def main(argv=None):
             if args.marker:
                 result["val"]["marker_influence"] = marker_influence(head, inputs, val_images, val_features,
                                                                      to_contiguous)
-            result["val"]["resolution_bound"] = resolution_bound(head, inputs, val_images, val_features, to_contiguous)
+            result["val"]["resolution_bound"] = bound()
             with open(path, "w") as f:
                 json.dump(result, f, indent=1)
             torch.save(head.state_dict(), path[:-len(".json")] + ".pth")  # small: for diagnostics
@@ -533,12 +539,18 @@ def main(argv=None):
     return 0
 
 
-def input_label(run) -> str:
-    """What a run's heads saw: the RoI features, and the pixels and the marker where it added them."""
+def region_label(run) -> str:
     context = run.get("context", 1.0)  # runs before --context saw the box itself
+    return f"box x {context:g}" if context != 1 else "box"
+
+
+def input_label(run) -> str:
+    """What a run's heads saw: the RoI features, and the pixels and the marker where it added them,
+    on the box or (--context) a larger region."""
+    region = region_label(run)
     return (" + ".join(["features"] + ["pixels"] * bool(run.get("pixels"))
                        + ["start marker (oracle)"] * bool(run.get("marker")))
-            + (f", box x {context:g}" if context != 1 else ""))
+            + (f", {region}" if region != "box" else ""))
 
 
 def plot_equilibrium(runs, path):
@@ -564,9 +576,13 @@ def iterations_label(run) -> str:
     return f"{cycles} x {run['iterations']}" if cycles > 1 else str(run["iterations"])
 
 
+def optimizer_label(run) -> str:
+    return f"{run.get('optimizer', 'sgd')} {run.get('lr') or 'config'}"
+
+
 def training_label(run) -> str:
     """Optimizer, learning rate and iterations, e.g. 'adam 0.002, 3 x 1000'."""
-    return f"{run.get('optimizer', 'sgd')} {run.get('lr') or 'config'}, {iterations_label(run)}"
+    return f"{optimizer_label(run)}, {iterations_label(run)}"
 
 
 def write_report(folder):
@@ -582,7 +598,7 @@ def write_report(folder):
         depth = v.get("crossing_by_depth")  # absent from runs before the depth bins were measured
         by_depth = [" ".join(f"{x:.2f}" for x in depth[k]) if depth else "-" for k in ("own", "other")]
         rows.append([r["head"], input_label(r), " ".join(r["overrides"]) or "-",
-                     training_label(r).split(", ")[0], str(r.get("min_iou", 0.5)),
+                     optimizer_label(r), str(r.get("min_iou", 0.5)),
                      iterations_label(r), str(r["seed"]), f"{v['crossing']['mask_iou']:.3f}",
                      f"{v['single']['mask_iou']:.3f}",
                      f"{v['crossing']['own_probability']:.2f} / {v['crossing']['other_probability']:.2f}"] + by_depth)
@@ -601,7 +617,7 @@ def write_report(folder):
           f"{e['rho_at_far']:.3f}", f"{e['max_column_sum_at_horizon']:.3f}" if "max_column_sum_at_horizon" in e else "-",
           " / ".join(f"{v:.3f}" for v in e["crossing_iou"].values())]
          for r in settled for e in [r["val"]["equilibrium"]]]) if settled else ""
-    bounds = {input_label(r).partition(", ")[2] or "box": r["val"]["resolution_bound"] for r in runs
+    bounds = {region_label(r): r["val"]["resolution_bound"] for r in runs
               if r["val"].get("resolution_bound")}
     bounds_table = markdown_table(["region", "crossing IoU", "single IoU"],
                                   [[region, f"{b['crossing']:.3f}", f"{b['single']:.3f}"]

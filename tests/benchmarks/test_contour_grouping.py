@@ -331,7 +331,7 @@ def test_mask_head_diagnostic_context_scales_the_box_and_a_perfect_head_keeps_it
             assert torch.allclose(head.seen, expected)
             if result["crossing"]["n"]:
                 assert result["crossing"]["own_probability"] > 0.7 > 0.05 > result["crossing"]["other_probability"]
-        bounds[context] = resolution_bound(None, inputs, images, features, to_contiguous)
+        bounds[context] = resolution_bound(inputs, images, features, to_contiguous)
     for group, score in bounds[1.0].items():
         if score is not None:
             assert score > 0.8 and score - 0.15 < bounds[1.25][group] < score
