@@ -503,6 +503,26 @@ def report_tables(runs, bounds):
     return main, cost, per_class, bound_table
 
 
+GROUPING_LEGEND = ("green: predicted on the instance's own dashes; red: on another contour's dashes; "
+                   "yellow: on background; light grey: own dashes missed; dark grey: other contours")
+
+
+def grouping_colours(rgb, own, every, predicted):
+    """The image dimmed, every contour grey (the instance's own light), and where a mask is predicted
+    the colour of whose pixels it covers (GROUPING_LEGEND). `predicted`: a bool mask, or mask
+    probabilities in [0, 1] that blend each pixel from its grey to its predicted colour."""
+    other = every & ~own
+    unpredicted = np.floor(0.25 * rgb.astype(np.float32))
+    unpredicted[other] = (90, 90, 90)
+    unpredicted[own] = (200, 200, 200)
+    hit = unpredicted.copy()
+    hit[own] = (40, 200, 60)
+    hit[other] = (230, 40, 40)
+    hit[~every] = (240, 200, 30)
+    weight = np.asarray(predicted, dtype=np.float32)[..., None]
+    return ((1 - weight) * unpredicted + weight * hit).round().astype(np.uint8)
+
+
 def write_picture(runs, paths, path):
     """Crossing contours with their ground-truth box: each model's oracle-box mask (first seed),
     coloured by whose pixels it covers."""
@@ -526,21 +546,11 @@ def write_picture(runs, paths, path):
         rgb = read_image_rgb(image["image_path"])
         own = image["ids"] == segment
         _, _, every = contour_instances(image)
-        other = every & ~own
-
-        def colour(mask):
-            out = (0.25 * rgb).astype(np.uint8)
-            out[other] = (90, 90, 90)
-            out[own] = (200, 200, 200)
-            out[mask & own] = (40, 200, 60)  # on the instance's own dashes
-            out[mask & other] = (230, 40, 40)  # on another contour's dashes
-            out[mask & ~every] = (240, 200, 30)  # on nothing
-            return out
-
-        panels = [rgb, colour(own)]
+        panels = [rgb, grouping_colours(rgb, own, every, own)]
         for run in shown.values():
             rle = run["pictures"][key]
-            panels.append(colour(mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)))
+            mask = mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+            panels.append(grouping_colours(rgb, own, every, mask))
         x0, y0, x1, y1 = thing["box"]
         for col, panel in enumerate(panels):
             ax = axes[row][col]
@@ -550,8 +560,7 @@ def write_picture(runs, paths, path):
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(columns[col], fontsize=9)
-    fig.text(0.5, 0.005, "green: predicted on the instance's own dashes; red: on another contour's dashes; "
-             "yellow: on background; light grey: own dashes missed; dark grey: other contours", ha="center", fontsize=8)
+    fig.text(0.5, 0.005, GROUPING_LEGEND, ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     fig.savefig(path, dpi=80)
     plt.close(fig)

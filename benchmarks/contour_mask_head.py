@@ -35,7 +35,10 @@ records the resolution bound of its region (what a head that outputs the ground 
 For saved runs (each run keeps its head's weights beside its JSON), with the input flags they had:
 --equilibrium asks of each recurrent head what Pathfinder's equilibrium diagnostic asks (does its
 state settle past its training steps, and is dF/dh contractive there: head_equilibrium), --bound
-adds the resolution bound to runs from before it was recorded, and --influence the marker's reach.
+adds the resolution bound to runs from before it was recorded, --influence the marker's reach,
+--lost where each head's IoU goes (to other contours' dashes, to no contour, own dashes left out,
+own dashes' edges: iou_lost; every run records it), and --picture draws each head's mask
+probability on the first crossing contours.
 """
 import argparse
 import functools
@@ -43,6 +46,7 @@ import glob
 import json
 import os
 import sys
+import textwrap
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
@@ -73,6 +77,12 @@ def start_markers(masks, boxes):
     """Per instance: its own pixels within MARKER_DEPTH x its box's shorter side of the box's sides
     (where the contour enters its box; the box is the mask's own)."""
     return np.stack([m & (box_depth(b, m.shape) < MARKER_DEPTH) for m, b in zip(masks, boxes)])
+
+
+def with_masks(image):
+    """A split's image (split_images) with its things' masks and start markers, in their order."""
+    masks = np.stack([image["ids"] == t["id"] for t in image["things"]])
+    return {**image, "masks": masks, "markers": start_markers(masks, [t["box"] for t in image["things"]])}
 
 
 class RoIInputs:
@@ -133,8 +143,7 @@ def cached_features(model, paths):
         for name, f in model.backbone(batch.tensor).items():
             features.setdefault(name, []).append(f[0])
         features.setdefault(PIXELS, []).append(batch.tensor[0])
-        masks = np.stack([image["ids"] == t["id"] for t in image["things"]])
-        images.append({**image, "masks": masks, "markers": start_markers(masks, [t["box"] for t in image["things"]])})
+        images.append(with_masks(image))
     return images, {k: torch.stack(v) for k, v in features.items()}
 
 
@@ -237,23 +246,30 @@ def train_head(head, cfg, inputs, images, features, to_contiguous, iterations, s
 
 
 @torch.no_grad()
-def evaluate_head(head, inputs, images, features, to_contiguous):
-    """Oracle-box mask IoU and own / other probabilities per group, and for crossing contours the
-    probabilities by depth into the box (a pixel's distance to the nearest box side over the box's
-    shorter side, in DEPTH_BINS): where a head without reach sees the box's sides and where not."""
+def head_predictions(head, inputs, images, features, to_contiguous):
+    """Per image: the head's masks and probabilities on its things' oracle boxes (their regions),
+    pasted into the image, in the order of its things."""
     head.eval()
-    rows = []
-    profile = DepthProfile()
     for i, image in enumerate(images):
         rois = inputs.rois([t["box"] for t in image["things"]])
         inst = make_instances(image, rois, to_contiguous, train=False)
         pooled = inputs(features, slice(i, i + 1), [inst.pred_boxes], [image["markers"]])
         out = head(pooled, [inst])[0]
-        masks, probs = pasted(out.pred_masks[:, 0], rois, image["masks"].shape[1:])
+        yield pasted(out.pred_masks[:, 0], rois, image["masks"].shape[1:])
+
+
+def evaluate_head(head, inputs, images, features, to_contiguous):
+    """Oracle-box mask IoU and own / other probabilities per group, and for crossing contours the
+    probabilities by depth into the box (a pixel's distance to the nearest box side over the box's
+    shorter side, in DEPTH_BINS): where a head without reach sees the box's sides and where not."""
+    rows = []
+    profile = DepthProfile()
+    for image, (masks, probs) in zip(images, head_predictions(head, inputs, images, features, to_contiguous)):
         _, _, every = contour_instances(image)
         for t, predicted, prob, mask in zip(image["things"], masks, probs, image["masks"]):
             row = {"crossing": t["crossing"], "mask_iou": iou(predicted, mask)}
             if t["crossing"] is not None:
+                row["iou_lost"] = iou_lost(predicted, mask, every)
                 others = every & ~mask & box_region(t["box"], mask.shape)
                 row["own_probability"] = float(prob[mask].mean())
                 row["other_probability"] = float(prob[others].mean()) if others.any() else None
@@ -270,38 +286,61 @@ def evaluate_head(head, inputs, images, features, to_contiguous):
             if vals:
                 out[group][k] = float(np.mean(vals))
     out["crossing_by_depth"] = profile.result()
+    out["iou_lost"] = {}
+    for group, is_crossing in (("crossing", True), ("single", False)):
+        lost = [r["iou_lost"] for r in rows if r["crossing"] is is_crossing]
+        out["iou_lost"][group] = {part: float(np.mean([x[part] for x in lost])) for part in IOU_LOST} if lost else None
     return out
+
+
+IOU_LOST = ("other_contours", "background", "missed_dashes", "missed_edges")
+
+
+def iou_lost(predicted, own, every):
+    """Where a contour's mask IoU goes: the union of its predicted and its own pixels split into
+    own pixels predicted (the IoU), other contours' pixels predicted (a grouping error), pixels of
+    no contour predicted (gaps between dashes, background: imprecision), own pixels missed in dashes
+    the mask leaves out (under half of the dash predicted: a decision against the dash) and own
+    pixels missed at the edges of dashes it keeps (imprecision); the shares of the last four
+    (IOU_LOST), which sum with the IoU to 1."""
+    import cv2
+
+    union = max(int((predicted | own).sum()), 1)
+    extra, missed = predicted & ~own, own & ~predicted
+    count, dashes = cv2.connectedComponents(own.astype(np.uint8), connectivity=8)
+    kept = np.bincount(dashes[predicted & own], minlength=count) >= np.bincount(dashes.ravel(), minlength=count) / 2
+    left_out = missed & ~kept[dashes]
+    return {"other_contours": float((extra & every).sum() / union),
+            "background": float((extra & ~every).sum() / union),
+            "missed_dashes": float(left_out.sum() / union),
+            "missed_edges": float((missed & ~left_out).sum() / union)}
 
 
 class GroundTruthHead(torch.nn.Module):
     """A perfect mask head: for each RoI, its own instance's ground-truth mask cropped to the RoI's
-    region on the mask head's output grid (`side`), as Detectron2 makes mask targets. `masks` are
-    the image's instance masks in the order of its things (evaluate_head's RoIs)."""
+    region on the mask head's output grid (`side`), as Detectron2 makes mask targets. `images`: the
+    images the head is called on, in that order (one call per image, its things' RoIs)."""
 
-    def __init__(self, side: int):
+    def __init__(self, side: int, images):
         super().__init__()
-        self.side, self.masks = side, None
+        self.side, self.masks = side, iter([image["masks"] for image in images])
 
     def forward(self, x, instances):
         from detectron2.structures import BitMasks
 
         inst = instances[0]
-        inst.pred_masks = BitMasks(torch.from_numpy(self.masks)).crop_and_resize(
+        inst.pred_masks = BitMasks(torch.from_numpy(next(self.masks))).crop_and_resize(
             inst.pred_boxes.tensor, self.side).float()[:, None]
         return instances
 
 
 def resolution_bound(inputs, images, features, to_contiguous):
     """What a perfect head scores with these inputs (with --context, on the larger region at the
-    same grid): crossing and single contours' mask IoU, oracle boxes."""
+    same grid): crossing and single contours' mask IoU, oracle boxes, and where the rest is lost."""
     side = 2 * inputs.pooler.output_size[0]  # the deconv doubles the pooler's grid
-    perfect, scores = GroundTruthHead(side), {"crossing": [], "single": []}
-    for i, image in enumerate(images):
-        perfect.masks = image["masks"]
-        result = evaluate_head(perfect, inputs, [image], {n: f[i:i + 1] for n, f in features.items()}, to_contiguous)
-        for group, values in scores.items():
-            values += [result[group]["mask_iou"]] * result[group]["n"]
-    return {group: float(np.mean(v)) if v else None for group, v in scores.items()}
+    result = evaluate_head(GroundTruthHead(side, images), inputs, images, features, to_contiguous)
+    return {"crossing": result["crossing"]["mask_iou"], "single": result["single"]["mask_iou"],
+            "iou_lost": result["iou_lost"]}
 
 
 def crossing_inputs(inputs, features, index, image):
@@ -405,6 +444,76 @@ def head_equilibrium(head, inputs, images, features, to_contiguous, far_factor: 
             "crossing_iou": crossing_iou}
 
 
+PICTURE_CONTOURS = 6
+
+
+def picture_contours(images, count=PICTURE_CONTOURS):
+    """The crossing contours a picture shows: (image index, thing index) of the first crossing
+    contour of the first `count` images that have one."""
+    shown = []
+    for i, image in enumerate(images):
+        crossing = [k for k, t in enumerate(image["things"]) if t["crossing"]]
+        if crossing:
+            shown.append((i, crossing[0]))
+        if len(shown) == count:
+            break
+    return shown
+
+
+@torch.no_grad()
+def write_head_picture(runs, inputs, images, features, to_contiguous, path):
+    """Crossing contours (picture_contours) in columns: the input with the box (and the oracle
+    marker in magenta where the heads saw it), the ground truth, and each run's head's mask
+    probability, coloured by whose pixels it covers. `runs`: (run JSON, its trained head) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.contour_grouping import GROUPING_LEGEND, grouping_colours
+    from crbp_detectron.inference import read_image_rgb
+
+    shown = picture_contours(images)
+    chosen = [images[i] for i, _ in shown]
+    chosen_features = {n: f[[i for i, _ in shown]] for n, f in features.items()}
+    probabilities = [[probs[k] for (_, probs), (_, k) in zip(
+        head_predictions(head, inputs, chosen, chosen_features, to_contiguous), shown)] for _, head in runs]
+    columns = ["input and box" + (" (marker: magenta)" if inputs.marker_align is not None else ""), "ground truth"] + [
+        f"{run['head']}, seed {run['seed']}\n(crossing IoU {run['val']['crossing']['mask_iou']:.3f})" for run, _ in runs]
+    fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.6 * len(columns), 2.7 * len(shown)), squeeze=False)
+    for row, (image, (_, k)) in enumerate(zip(chosen, shown)):
+        rgb = read_image_rgb(image["image_path"])
+        own = image["masks"][k]
+        _, _, every = contour_instances(image)
+        given = rgb.copy()
+        if inputs.marker_align is not None:
+            given[image["markers"][k]] = (255, 0, 255)
+        panels = [given, grouping_colours(rgb, own, every, own)] + [
+            grouping_colours(rgb, own, every, probs[row]) for probs in probabilities]
+        box = image["things"][k]["box"]
+        region = inputs.rois([box])[0]
+        for col, panel in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(panel, interpolation="nearest")
+            for (x0, y0, x1, y1), style in ((box, "-"), (region, "--")):
+                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="cyan", lw=1,
+                                           ls=style))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(columns[col], fontsize=8)
+    legend = textwrap.fill("mask probability blended in: " + GROUPING_LEGEND, width=30 * len(columns))
+    fig.text(0.5, 0.005, legend, ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def input_variant(pixels: bool, marker: bool, context: float) -> str:
+    """The file-name suffix of a run's inputs, e.g. '_pixels_marker' or '_context1.25'."""
+    return ("_pixels" if pixels else "") + ("_marker" if marker else "") + (f"_context{context:g}" if context != 1 else "")
+
+
 # ----------------------------------------------------------------------------------------- main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -423,15 +532,15 @@ def main(argv=None):
     parser.add_argument("--pixels", action="store_true", help="the image's pixels on the box as 3 more input channels")
     parser.add_argument("--marker", action="store_true",
                         help="where the instance's contour enters its box (oracle) as one more input channel")
-    parser.add_argument("--influence", action="store_true",
-                        help="only measure how far the marker reaches (marker_influence) for the folder's --marker "
-                             "runs that lack it, from their saved heads")
-    parser.add_argument("--equilibrium", action="store_true",
-                        help="only measure whether the folder's recurrent heads (saved runs with these input flags) "
-                             "are at their equilibrium (head_equilibrium)")
-    parser.add_argument("--bound", action="store_true",
-                        help="only measure the resolution bound at the folder's runs' inputs (resolution_bound), where "
-                             "a run lacks it")
+    for flag, what in (("influence", "how far the marker reaches (marker_influence; give --marker)"),
+                       ("equilibrium", "whether the recurrent heads are at their equilibrium (head_equilibrium)"),
+                       ("bound", "the resolution bound of these inputs' region and where it loses (resolution_bound)"),
+                       ("lost", "where the heads lose their IoU (iou_lost)")):
+        parser.add_argument(f"--{flag}", action="store_true",
+                            help=f"only measure {what}, from the folder's saved runs with these input flags that lack it")
+    parser.add_argument("--picture", action="store_true",
+                        help="only draw the masks of the folder's heads (saved runs with these input flags, the "
+                             "lowest seed of each) on crossing contours: contour_mask_head_masks<inputs>.png")
     parser.add_argument("--context", type=float, default=1.0,
                         help="each head sees and predicts its box scaled by this about its centre: > 1 shows where "
                              "contours leave the box (an instance's own never do)")
@@ -475,29 +584,55 @@ def main(argv=None):
             split[PIXELS] = split[PIXELS] / pixel_scale
     val = (val_images, val_features, to_contiguous)
     bound = functools.lru_cache(maxsize=None)(lambda: resolution_bound(inputs, *val))  # one per region, not per head
-    measurements = {  # flag: (key in a run's "val", the runs it applies to, the measurement of a head)
-        "influence": ("marker_influence", lambda run, head: run.get("marker"),
+    # flag: (key in a run's "val", the runs that need it (lack it, or an older form of it), the measurement of a head)
+    measurements = {
+        "influence": ("marker_influence", lambda run, head: run.get("marker") and "marker_influence" not in run["val"],
                       lambda head: marker_influence(head, inputs, *val)),
-        "equilibrium": ("equilibrium", lambda run, head: hasattr(head, "recurrence"),
+        "equilibrium": ("equilibrium", lambda run, head: hasattr(head, "recurrence") and "equilibrium" not in run["val"],
                         lambda head: head_equilibrium(head, inputs, *val)),
-        "bound": ("resolution_bound", lambda run, head: True, lambda head: bound()),
+        "bound": ("resolution_bound", lambda run, head: "iou_lost" not in run["val"].get("resolution_bound", {}),
+                  lambda head: bound()),
+        "lost": ("iou_lost", lambda run, head: "iou_lost" not in run["val"],
+                 lambda head: evaluate_head(head, inputs, *val)["iou_lost"]),
     }
     measure = [flag for flag in measurements if getattr(args, flag)]
-    if measure:
-        if args.influence and not args.marker:
-            parser.error("--influence measures --marker runs: give --marker (and --pixels if they had it)")
+
+    def saved_runs():
+        """The folder's runs whose heads saw these inputs: (JSON path, run)."""
         for path in sorted(glob.glob(os.path.join(args.out, "*.json"))):
             with open(path) as f:
                 result = json.load(f)
-            if (bool(result.get("marker")) != args.marker or bool(result.get("pixels")) != args.pixels
-                    or result.get("context", 1.0) != args.context):
-                continue  # the runs whose heads saw these inputs
-            _, head = build_head(result["config"], result["overrides"], result["seed"], inputs.extra_channels)
+            if (bool(result.get("marker")) == args.marker and bool(result.get("pixels")) == args.pixels
+                    and result.get("context", 1.0) == args.context):
+                yield path, result
+
+    def trained_head(path, result):
+        _, head = build_head(result["config"], result["overrides"], result["seed"], inputs.extra_channels)
+        head.load_state_dict(torch.load(path[:-len(".json")] + ".pth"))
+        return head
+
+    if args.picture:
+        lowest = {}
+        for path, result in saved_runs():
+            if result["head"] not in lowest or result["seed"] < lowest[result["head"]][1]["seed"]:
+                lowest[result["head"]] = (path, result)
+        if not lowest:
+            parser.error(f"--picture: no runs in {args.out} with these input flags")
+        picture = os.path.join(args.out, f"contour_mask_head_masks{input_variant(args.pixels, args.marker, args.context)}.png")
+        write_head_picture([(result, trained_head(path, result)) for path, result in lowest.values()], inputs, *val,
+                           picture)
+        print(picture)
+        if not measure:
+            return 0
+    if measure:
+        if args.influence and not args.marker:
+            parser.error("--influence measures --marker runs: give --marker (and --pixels if they had it)")
+        for path, result in saved_runs():
+            head = trained_head(path, result)
             todo = [(key, fn) for key, applies, fn in (measurements[f] for f in measure)
-                    if applies(result, head) and key not in result["val"]]
+                    if applies(result, head)]
             if not todo:
                 continue
-            head.load_state_dict(torch.load(path[:-len(".json")] + ".pth"))
             for key, fn in todo:
                 result["val"][key] = fn(head)
                 print(path, key, json.dumps(result["val"][key])[:400], flush=True)
@@ -510,9 +645,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     for name, (config, overrides) in heads.items():
         for seed in args.seeds:
-            variant = (("_pixels" if args.pixels else "") + ("_marker" if args.marker else "")
-                       + (f"_context{args.context:g}" if args.context != 1 else ""))
-            path = os.path.join(args.out, f"{name}{variant}_seed{seed}.json")
+            path = os.path.join(args.out, f"{name}{input_variant(args.pixels, args.marker, args.context)}_seed{seed}.json")
             if os.path.isfile(path):
                 continue
             cfg, head = build_head(config, overrides, seed, inputs.extra_channels)
@@ -619,11 +752,23 @@ def write_report(folder):
          for r in settled for e in [r["val"]["equilibrium"]]]) if settled else ""
     bounds = {region_label(r): r["val"]["resolution_bound"] for r in runs
               if r["val"].get("resolution_bound")}
+    lost = [r for r in runs if r["val"].get("iou_lost")]
+    parts = lambda scores, lost: [f"{x:.3f}" for group in ("crossing", "single")  # noqa: E731
+                                  for x in [scores[group]] + [lost[group][p] for p in IOU_LOST]]
+    lost_table = markdown_table(
+        ["head", "input", "training", "seed"] + [h for group in ("crossing", "single") for h in (
+            f"{group} IoU", "lost to other contours", "to no contour", "own dashes left out", "own dashes' edges")],
+        [["ground truth (the bound)", region, "-", "-"] + parts(b, b["iou_lost"])
+         for region, b in sorted(bounds.items()) if "iou_lost" in b]
+        + [[r["head"], input_label(r), training_label(r), str(r["seed"])]
+           + parts({g: r["val"][g]["mask_iou"] for g in ("crossing", "single")}, r["val"]["iou_lost"]) for r in lost]
+    ) if lost else ""
     bounds_table = markdown_table(["region", "crossing IoU", "single IoU"],
                                   [[region, f"{b['crossing']:.3f}", f"{b['single']:.3f}"]
                                    for region, b in sorted(bounds.items())]) if bounds else ""
     if settled:
         plot_equilibrium(settled, os.path.join(folder, "contour_mask_head_equilibrium.png"))
+    pictures = sorted(n for n in os.listdir(folder) if n.startswith("contour_mask_head_masks") and n.endswith(".png"))
     text = "\n".join([
         "# Mask heads alone on frozen features (benchmarks/contour_mask_head.py)", "",
         "A diagnostic, not a comparison of trained models: one backbone's features, oracle boxes, val split.",
@@ -643,6 +788,15 @@ def write_report(folder):
             "its region, pasted back; val split, oracle boxes): a larger region (--context) samples the box more",
             "coarsely. (python benchmarks/contour_mask_head.py --bound ...; every run since measures it)", "",
             bounds_table, ""] if bounds else [])
+        + (["## Where the IoU is lost", "",
+            "Each contour's predicted and own pixels together (oracle box, val split, mask pasted into the image)",
+            "split five ways: own pixels predicted (the IoU), other contours' pixels predicted (grouping errors),",
+            "pixels of no contour predicted (the gaps between dashes and the background beside them: imprecision),",
+            "own pixels missed in dashes the mask leaves out (under half of the dash predicted: a decision against",
+            "the dash) and at the edges of the dashes it keeps (imprecision); mean over contours, so each group's",
+            "five numbers sum to 1. The ground truth's row is the perfect head's (the resolution bound).",
+            "(python benchmarks/contour_mask_head.py --lost [--marker] [--pixels] [--context F] ...; every run since",
+            "measures it)", "", lost_table, ""] if lost else [])
         + (["## How far the marker reaches", "",
             "The mean change of the mask logit (absolute) when the marker channel is zeroed, crossing contours,",
             "oracle boxes, val split, by distance from the marker in box sides (on the head's output grid), on",
@@ -658,7 +812,12 @@ def write_report(folder):
             "recorded), and the crossing IoU with the head evaluated at 1x, 2x and 4x its steps.",
             "(python benchmarks/contour_mask_head.py --equilibrium [--marker] [--context F] ...)", "", settled_table, "",
             "![step size per step](contour_mask_head_equilibrium.png)", ""]
-           if settled else []))
+           if settled else [])
+        + (["## Masks on crossing contours", "",
+            "Each head's mask probability (the lowest seed of each head trained on those inputs) on the first",
+            f"{PICTURE_CONTOURS} crossing contours of the val split, oracle boxes; one picture per input.",
+            "(python benchmarks/contour_mask_head.py --picture [--marker] [--pixels] [--context F] ...)", ""]
+           + [f"![masks]({name})" for name in pictures] + [""] if pictures else []))
     with open(os.path.join(folder, "contour_mask_head.md"), "w") as f:
         f.write(text)
     return text

@@ -146,7 +146,11 @@ def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):
     run = {"head": "feedforward", "config": "c.yaml", "overrides": [], "seed": 2, "iterations": 50,
            "weights": "w.pth", "train_seconds": 1.0, "optimizer": "adam", "lr": 0.001, "min_iou": 0.95, "pixels": True,
            "val": dict(val, crossing_by_depth={"bins": DEPTH_BINS, "own": [0.7, 0.6, 0.5, 0.4],
-                                               "other": [0.1, 0.2, 0.3, 0.35]})}
+                                               "other": [0.1, 0.2, 0.3, 0.35]},
+                       iou_lost={"crossing": {"other_contours": 0.2, "background": 0.1, "missed_dashes": 0.2,
+                                              "missed_edges": 0.0877},
+                                 "single": {"other_contours": 0.05, "background": 0.15, "missed_dashes": 0.1,
+                                            "missed_edges": 0.0966}})}
     old = {"head": "crbp_state8", "config": "c.yaml", "overrides": ["MODEL.CRBP.STEPS", "20"], "seed": 0,
            "iterations": 50, "weights": "w.pth", "train_seconds": 1.0, "val": val}
     recurrent = {"head": "crbp_pf16", "config": "c.yaml", "overrides": ["MODEL.CRBP.STEPS", "3"], "seed": 1,
@@ -159,7 +163,7 @@ def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):
         (tmp_path / name).write_text(json.dumps(r))
     assert main(["--out", str(tmp_path), "--report-only"]) == 0
     text = (tmp_path / "contour_mask_head.md").read_text()
-    rows = {r[0]: r for r in table_rows(text, ("feedforward", "crbp_state8"))}
+    rows = {r[0]: r for r in table_rows(text.split("\n## ")[0], ("feedforward", "crbp_state8"))}  # the main table
     assert rows["feedforward"][1:10] == ["features + pixels", "-", "adam 0.001", "0.95", "50", "2", "0.412", "0.603",
                                          "0.61 / 0.37"]
     assert rows["feedforward"][10:] == ["0.70 0.60 0.50 0.40", "0.10 0.20 0.30 0.35"]
@@ -172,6 +176,13 @@ def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):
     assert settled == [["crbp_pf16", "features, box x 1.25", "sgd config, 3 x 40", "1", "3", "0.2500", "0.0100", "0.300", "1.200", "0.980",
                         "-", "0.410 / 0.200 / 0.100"]]  # '-': measured before the column sums were
     assert (tmp_path / "contour_mask_head_equilibrium.png").stat().st_size > 0
+    lost = table_rows(text.split("Where the IoU is lost")[1], ("feedforward",))
+    assert lost == [["feedforward", "features + pixels", "adam 0.001, 50", "2", "0.412", "0.200", "0.100", "0.200",
+                     "0.088", "0.603", "0.050", "0.150", "0.100", "0.097"]]
+    assert "contour_mask_head_masks" not in text  # no picture drawn in the folder
+    (tmp_path / "contour_mask_head_masks_marker.png").write_bytes(b"")
+    assert main(["--out", str(tmp_path), "--report-only"]) == 0
+    assert "![masks](contour_mask_head_masks_marker.png)" in (tmp_path / "contour_mask_head.md").read_text()
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit, match="no head JSONs"):
@@ -302,15 +313,12 @@ def test_mask_head_diagnostic_context_scales_the_box_and_a_perfect_head_keeps_it
     from detectron2.modeling.poolers import ROIPooler
 
     from benchmarks.contour_grouping import split_images
-    from benchmarks.contour_mask_head import GroundTruthHead, RoIInputs, evaluate_head, resolution_bound, start_markers
+    from benchmarks.contour_mask_head import GroundTruthHead, RoIInputs, evaluate_head, resolution_bound, with_masks
 
     pooler = ROIPooler((28, 28), scales=(1 / 4,), sampling_ratio=0, pooler_type="ROIAlignV2")
     assert np.allclose(RoIInputs(pooler, ["p2"], context=1.25).rois([[10, 20, 50, 40]]), [[5, 17.5, 55, 42.5]])
     assert RoIInputs(pooler, ["p2"]).rois([[10, 20, 50, 40]]) == [[10, 20, 50, 40]]
-    images = []
-    for image in split_images(data["val"]):
-        masks = np.stack([image["ids"] == t["id"] for t in image["things"]])
-        images.append({**image, "masks": masks, "markers": start_markers(masks, [t["box"] for t in image["things"]])})
+    images = [with_masks(image) for image in split_images(data["val"])]
     size = images[0]["masks"].shape[1]
     features = {"p2": torch.zeros(len(images), 2, size // 4, size // 4)}
     to_contiguous = {c["id"]: i for i, c in enumerate(c for c in CATEGORIES if c["isthing"])}
@@ -323,18 +331,82 @@ def test_mask_head_diagnostic_context_scales_the_box_and_a_perfect_head_keeps_it
     bounds = {}
     for context in (1.0, 1.25):
         inputs = RoIInputs(pooler, ["p2"], context=context)
-        head = Recording(56)
         for i, image in enumerate(images):
-            head.masks = image["masks"]
+            head = Recording(56, [image])
             result = evaluate_head(head, inputs, [image], {"p2": features["p2"][i:i + 1]}, to_contiguous)
             expected = torch.tensor(inputs.rois([t["box"] for t in image["things"]]), dtype=torch.float32)
             assert torch.allclose(head.seen, expected)
             if result["crossing"]["n"]:
                 assert result["crossing"]["own_probability"] > 0.7 > 0.05 > result["crossing"]["other_probability"]
         bounds[context] = resolution_bound(inputs, images, features, to_contiguous)
-    for group, score in bounds[1.0].items():
+    for group in ("crossing", "single"):
+        score = bounds[1.0][group]
         if score is not None:
             assert score > 0.8 and score - 0.15 < bounds[1.25][group] < score
+            for bound in bounds.values():  # what the perfect head loses, it loses to resampling, and it sums up
+                lost = bound["iou_lost"][group]
+                assert bound[group] + sum(lost.values()) == pytest.approx(1)
+                assert lost["missed_edges"] + lost["background"] > 0 and lost["other_contours"] < 0.05
+
+
+def test_mask_head_picture_shows_each_head_on_the_first_crossing_contours(data, tmp_path):
+    """--picture: one row per shown crossing contour (the first crossing contour of each image that
+    has one), columns for the input, the ground truth and each head; the report links it."""
+    import matplotlib.image
+    import numpy as np
+    from detectron2.modeling.poolers import ROIPooler
+
+    from benchmarks.contour_grouping import split_images
+    from benchmarks.contour_mask_head import RoIInputs, picture_contours, with_masks, write_head_picture
+
+    images = [with_masks(image) for image in split_images(data["val"])]
+    shown = picture_contours(images)
+    expected = [(i, next(k for k, t in enumerate(im["things"]) if t["crossing"]))
+                for i, im in enumerate(images) if any(t["crossing"] for t in im["things"])]
+    assert shown == expected[:6]
+    if not shown:
+        pytest.skip("no crossing contour in the generated val split")
+
+    class Half(nn.Module):  # probability 0.5 everywhere
+        def forward(self, x, instances):
+            instances[0].pred_masks = torch.full((len(x), 1, 56, 56), 0.5)
+            return instances
+
+    size = images[0]["masks"].shape[1]
+    features = {"p2": torch.zeros(len(images), 2, size // 4, size // 4)}
+    to_contiguous = {c["id"]: i for i, c in enumerate(c for c in CATEGORIES if c["isthing"])}
+    inputs = RoIInputs(ROIPooler((28, 28), scales=(1 / 4,), sampling_ratio=0, pooler_type="ROIAlignV2"), ["p2"],
+                       marker=True)
+    run = {"head": "half", "seed": 0, "val": {"crossing": {"mask_iou": 0.1}}}
+    path = tmp_path / "contour_mask_head_masks_marker.png"
+    write_head_picture([(run, Half()), (dict(run, head="half again"), Half())], inputs, images, features,
+                       to_contiguous, str(path))
+    picture = matplotlib.image.imread(str(path))
+    assert picture.shape[0] > picture.shape[1] * len(shown) / 4 * 0.8  # 4 columns of roughly square panels
+
+
+def test_iou_lost_splits_the_union_of_predicted_and_own_pixels():
+    """iou_lost: own dashes of 4 and 3 pixels; a prediction that keeps 3 of the first (1 edge pixel
+    missed) and 1 of the second (under half: the dash is left out, 2 pixels), 2 pixels of another
+    contour and 1 of background loses 2, 1, 2 and 1 of the union's 10 pixels; with the IoU (4 / 10)
+    they sum to 1; a perfect prediction loses nothing."""
+    import numpy as np
+
+    from benchmarks.contour_grouping import iou
+    from benchmarks.contour_mask_head import iou_lost
+
+    own, every, predicted = np.zeros((3, 5, 8), dtype=bool)
+    own[1, 0:4] = own[1, 5:8] = True
+    every[:] = own
+    every[3] = True
+    predicted[1, 0:3] = predicted[1, 5] = True
+    predicted[3, :2] = True
+    predicted[0, 0] = True
+    lost = iou_lost(predicted, own, every)
+    assert lost == pytest.approx({"other_contours": 2 / 10, "background": 1 / 10, "missed_dashes": 2 / 10,
+                                  "missed_edges": 1 / 10})
+    assert iou(predicted, own) + sum(lost.values()) == pytest.approx(1)
+    assert iou_lost(own, own, every) == {"other_contours": 0, "background": 0, "missed_dashes": 0, "missed_edges": 0}
 
 
 @pytest.mark.parametrize("rate", [0.5, 1.2])
@@ -348,7 +420,7 @@ def test_mask_head_equilibrium_finds_a_contraction_settled_and_an_expansion_not(
     from detectron2.modeling.poolers import ROIPooler
 
     from benchmarks.contour_grouping import split_images
-    from benchmarks.contour_mask_head import RoIInputs, head_equilibrium, start_markers
+    from benchmarks.contour_mask_head import RoIInputs, head_equilibrium, with_masks
     from crbp_detectron.crbp import Recurrence
     from crbp_detectron.modeling.mask_head import CRBPMaskHead
 
@@ -356,10 +428,7 @@ def test_mask_head_equilibrium_finds_a_contraction_settled_and_an_expansion_not(
         def forward(self, x, h):
             return rate * h + x
 
-    images = []
-    for image in split_images(data["val"]):
-        masks = np.stack([image["ids"] == t["id"] for t in image["things"]])
-        images.append({**image, "masks": masks, "markers": start_markers(masks, [t["box"] for t in image["things"]])})
+    images = [with_masks(image) for image in split_images(data["val"])]
     if not any(t["crossing"] for image in images for t in image["things"]):
         pytest.skip("no crossing contour in the generated val split")
     size = images[0]["masks"].shape[1]
