@@ -479,8 +479,9 @@ def write_head_picture(runs, inputs, images, features, to_contiguous, path):
     probabilities = [[probs[k] for (_, probs), (_, k) in zip(
         head_predictions(head, inputs, chosen, chosen_features, to_contiguous), shown)] for _, head in runs]
     columns = ["input and box" + (" (marker: magenta)" if inputs.marker_align is not None else ""), "ground truth"] + [
-        f"{run['head']}, seed {run['seed']}\n(crossing IoU {run['val']['crossing']['mask_iou']:.3f})" for run, _ in runs]
-    fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.6 * len(columns), 2.7 * len(shown)), squeeze=False)
+        f"{run['head']}, seed {run['seed']}\n{training_label(run)}\n(crossing IoU {run['val']['crossing']['mask_iou']:.3f})"
+        for run, _ in runs]
+    fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.6 * len(columns), 2.8 * len(shown)), squeeze=False)
     for row, (image, (_, k)) in enumerate(zip(chosen, shown)):
         rgb = read_image_rgb(image["image_path"])
         own = image["masks"][k]

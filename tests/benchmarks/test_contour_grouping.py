@@ -377,7 +377,7 @@ def test_mask_head_picture_shows_each_head_on_the_first_crossing_contours(data, 
     to_contiguous = {c["id"]: i for i, c in enumerate(c for c in CATEGORIES if c["isthing"])}
     inputs = RoIInputs(ROIPooler((28, 28), scales=(1 / 4,), sampling_ratio=0, pooler_type="ROIAlignV2"), ["p2"],
                        marker=True)
-    run = {"head": "half", "seed": 0, "val": {"crossing": {"mask_iou": 0.1}}}
+    run = {"head": "half", "seed": 0, "iterations": 10, "val": {"crossing": {"mask_iou": 0.1}}}
     path = tmp_path / "contour_mask_head_masks_marker.png"
     write_head_picture([(run, Half()), (dict(run, head="half again"), Half())], inputs, images, features,
                        to_contiguous, str(path))
