@@ -51,6 +51,9 @@ SUITES: Dict[str, Dict[str, Tuple[str, list]]] = {
         "C-RBP (demo recipe: 6 steps, 15 VJPs)": ("demo/panoptic_crbp_demo.yaml", []),
         "C-RBP, 5 VJPs": ("demo/panoptic_crbp_demo.yaml", ["MODEL.CRBP.BACKWARD.MAX_VJPS", 5]),
         "C-RBP, implicit step in chunks of 4 RoIs": ("demo/panoptic_crbp_demo.yaml", ["MODEL.CRBP.IMPLICIT_CHUNK", 4]),
+        # what the LCP's double backward costs, and the two levers together
+        "RBP (the demo recipe without the penalty)": ("demo/panoptic_crbp_demo.yaml", ["MODEL.CRBP.MODE", "rbp"]),
+        "RBP, 5 VJPs": ("demo/panoptic_crbp_demo.yaml", ["MODEL.CRBP.MODE", "rbp", "MODEL.CRBP.BACKWARD.MAX_VJPS", 5]),
     },
     "pathfinder": {
         "C-RBP, plain forward (tracing recipe, 64 steps)": ("study/crbp_continued_twice_steps64.yaml", []),

@@ -351,9 +351,8 @@ def test_mask_head_diagnostic_context_scales_the_box_and_a_perfect_head_keeps_it
 
 def test_mask_head_picture_shows_each_head_on_the_first_crossing_contours(data, tmp_path):
     """--picture: one row per shown crossing contour (the first crossing contour of each image that
-    has one), columns for the input, the ground truth and each head; the report links it."""
+    has one), columns for the input, the ground truth and each head."""
     import matplotlib.image
-    import numpy as np
     from detectron2.modeling.poolers import ROIPooler
 
     from benchmarks.contour_grouping import split_images
