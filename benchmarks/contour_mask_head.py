@@ -339,8 +339,8 @@ def resolution_bound(inputs, images, features, to_contiguous):
     same grid): crossing and single contours' mask IoU, oracle boxes, and where the rest is lost."""
     side = 2 * inputs.pooler.output_size[0]  # the deconv doubles the pooler's grid
     result = evaluate_head(GroundTruthHead(side, images), inputs, images, features, to_contiguous)
-    return {"crossing": result["crossing"]["mask_iou"], "single": result["single"]["mask_iou"],
-            "iou_lost": result["iou_lost"]}
+    scores = {group: result[group]["mask_iou"] if result[group]["n"] else None for group in ("crossing", "single")}
+    return {**scores, "iou_lost": result["iou_lost"]}
 
 
 def crossing_inputs(inputs, features, index, image):
