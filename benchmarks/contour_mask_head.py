@@ -276,7 +276,7 @@ def evaluate_head(head, inputs, images, features, to_contiguous):
                 if t["crossing"]:
                     profile.add(prob, mask, others, t["box"])
             rows.append(row)
-    out = {}
+    out = {"iou_lost": {}}
     for group, sel in (("crossing", lambda r: r["crossing"] is True), ("single", lambda r: r["crossing"] is False),
                        ("shapes", lambda r: r["crossing"] is None)):
         rs = [r for r in rows if sel(r)]
@@ -285,11 +285,10 @@ def evaluate_head(head, inputs, images, features, to_contiguous):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 out[group][k] = float(np.mean(vals))
+        if group != "shapes":  # contours only
+            out["iou_lost"][group] = ({part: float(np.mean([r["iou_lost"][part] for r in rs])) for part in IOU_LOST}
+                                      if rs else None)
     out["crossing_by_depth"] = profile.result()
-    out["iou_lost"] = {}
-    for group, is_crossing in (("crossing", True), ("single", False)):
-        lost = [r["iou_lost"] for r in rows if r["crossing"] is is_crossing]
-        out["iou_lost"][group] = {part: float(np.mean([x[part] for x in lost])) for part in IOU_LOST} if lost else None
     return out
 
 
