@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 from benchmarks.demo_compare import (_rle, command_line, comparison_parser, mean_std, panoptic_results,  # noqa: E402
                                      seconds_per_iteration, train_and_measure, training_saved_bytes)
+from crbp_detectron.utils.plotting import GROUPING_LEGEND, grouping_colours  # noqa: E402
 from crbp_detectron.utils.tables import markdown_table  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -501,26 +502,6 @@ def report_tables(runs, bounds):
                                   "non-grouping bound (mask IoU)", "own contour runs box corner to corner (%)",
                                   "another contour does (%)"], bound_rows)
     return main, cost, per_class, bound_table
-
-
-GROUPING_LEGEND = ("green: predicted on the instance's own dashes; red: on another contour's dashes; "
-                   "yellow: on background; light grey: own dashes missed; dark grey: other contours")
-
-
-def grouping_colours(rgb, own, every, predicted):
-    """The image dimmed, every contour grey (the instance's own light), and where a mask is predicted
-    the colour of whose pixels it covers (GROUPING_LEGEND). `predicted`: a bool mask, or mask
-    probabilities in [0, 1] that blend each pixel from its grey to its predicted colour."""
-    other = every & ~own
-    unpredicted = np.floor(0.25 * rgb.astype(np.float32))
-    unpredicted[other] = (90, 90, 90)
-    unpredicted[own] = (200, 200, 200)
-    hit = unpredicted.copy()
-    hit[own] = (40, 200, 60)
-    hit[other] = (230, 40, 40)
-    hit[~every] = (240, 200, 30)
-    weight = np.asarray(predicted, dtype=np.float32)[..., None]
-    return ((1 - weight) * unpredicted + weight * hit).round().astype(np.uint8)
 
 
 def write_picture(runs, paths, path):

@@ -469,7 +469,7 @@ def write_head_picture(runs, inputs, images, features, to_contiguous, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.contour_grouping import GROUPING_LEGEND, grouping_colours
+    from crbp_detectron.utils.plotting import GROUPING_LEGEND, grouping_colours
     from crbp_detectron.inference import read_image_rgb
 
     shown = picture_contours(images)

@@ -30,7 +30,8 @@ import numpy as np
 from .demo import (COLOUR_JITTER, STUFF, THINGS, _curve_path, _smooth_noise, _thing_colour, _thing_mask, dash_runs,
                    default_root, stuff_background)
 from .strokes import Strokes, segment_distance
-from .synthetic import SyntheticDataset, generate_synthetic_dataset, register_synthetic_datasets, segment_record
+from .synthetic import (SyntheticDataset, generate_synthetic_dataset, image_rng, register_synthetic_datasets,
+                        segment_record)
 
 VERSION = 1
 SHAPES = THINGS[:4]  # the demo's disc, triangle, square, cross
@@ -155,11 +156,16 @@ def crossing_pairs(paths) -> List[tuple]:
     return [(i, j) for i in range(len(paths)) for j in range(i + 1, len(paths)) if _paths_cross(paths[i], paths[j])]
 
 
+def _background_and_contours(rng, params: ContourParams):
+    stuff, image = stuff_background(rng, params.image_size)
+    strokes, paths = _place_contours(rng, params)
+    return stuff, image, strokes, paths
+
+
 def render_contour_image(rng, params: ContourParams):
     """One image: RGB uint8, segment ids, segments_info and {"contours": [{"id", "crosses"}]}."""
     size = params.image_size
-    stuff, image = stuff_background(rng, size)
-    strokes, paths = _place_contours(rng, params)
+    stuff, image, strokes, paths = _background_and_contours(rng, params)
     coverage = [np.clip(0.5 - strokes.fields[p], 0.0, 1.0) for p in range(len(paths))]
     contour_masks = [c >= 0.5 for c in coverage]
     near_contour = strokes.occupied_field() < params.clearance + 1.0  # shapes keep clear of the contours
@@ -199,19 +205,32 @@ def render_contour_image(rng, params: ContourParams):
     for i, (kind, _, visible) in enumerate(shapes):
         add(i + 1, SHAPES[kind], visible)
         occupied |= visible
-    contour_ids = [100 + i for i in range(len(paths))]
-    for segment_id, mask in zip(contour_ids, contour_masks):
+    ids_of_contours = contour_ids(len(paths))
+    for segment_id, mask in zip(ids_of_contours, contour_masks):
         added = add(segment_id, CONTOUR_CATEGORY, mask)
         assert added, "a contour with kept dashes has pixels"
         occupied |= mask
     for kind in np.unique(stuff):
         add(1000 + int(kind), STUFF[kind], (stuff == kind) & ~occupied)
-    crosses: Dict[int, list] = {i: [] for i in contour_ids}
+    crosses: Dict[int, list] = {i: [] for i in ids_of_contours}
     for i, j in crossing_pairs(paths):
-        crosses[contour_ids[i]].append(contour_ids[j])
-        crosses[contour_ids[j]].append(contour_ids[i])
-    extra = {"contours": [{"id": i, "crosses": crosses[i]} for i in contour_ids]}
+        crosses[ids_of_contours[i]].append(ids_of_contours[j])
+        crosses[ids_of_contours[j]].append(ids_of_contours[i])
+    extra = {"contours": [{"id": i, "crosses": crosses[i]} for i in ids_of_contours]}
     return np.clip(image, 0, 255).astype(np.uint8), ids, segments, extra
+
+
+def contour_ids(count: int) -> List[int]:
+    """Segment ids of an image's contours, in the order they were drawn (path id i: 100 + i)."""
+    return [100 + i for i in range(count)]
+
+
+def contour_strokes(split: str, index: int, params: ContourParams = ContourParams()):
+    """(strokes, centre lines) of the contours of image `index` of `split`, drawn again from the
+    image's seed: the dashes as kept (path id i is the segment contour_ids(...)[i]), which the COCO
+    files do not store. Pictures and experiments that re-render the contours start here."""
+    _, _, strokes, paths = _background_and_contours(image_rng(CONTOURS, params, split, index), params)
+    return strokes, paths
 
 
 CONTOURS = SyntheticDataset(

@@ -65,7 +65,15 @@ def segment_record(segment_id: int, category_id: int, mask: np.ndarray) -> Optio
             "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]}
 
 
-def _write_split(dataset: SyntheticDataset, root, split, count, split_seed, params, progress: bool):
+def image_rng(dataset: SyntheticDataset, params, split: str, index: int) -> np.random.Generator:
+    """The generator image `index` of `split` is drawn from: drawing it again gives the same image."""
+    seeds = {name: seed for name, _, seed in dataset.splits}
+    if split not in seeds:
+        raise ValueError(f"{dataset.name} has no split {split!r}; its splits: {sorted(seeds)}")
+    return np.random.default_rng([params.seed, seeds[split], index])
+
+
+def _write_split(dataset: SyntheticDataset, root, split, count, params, progress: bool):
     from tqdm import tqdm
 
     paths = split_paths(root, split, dataset)
@@ -73,8 +81,7 @@ def _write_split(dataset: SyntheticDataset, root, split, count, split_seed, para
         os.makedirs(paths[key], exist_ok=True)
     images, annotations, extras = [], [], []
     for idx in tqdm(range(count), desc=f"{dataset.name} {split}", unit="img", disable=not progress):
-        rng = np.random.default_rng([params.seed, split_seed, idx])
-        image, ids, segments, extra = dataset.render(rng, params)
+        image, ids, segments, extra = dataset.render(image_rng(dataset, params, split, idx), params)
         image_id = idx + 1
         name = f"{split}_{image_id:06d}"
         Image.fromarray(image).save(os.path.join(paths["image_root"], name + ".jpg"), quality=95)
@@ -128,8 +135,8 @@ def _generate_locked(dataset, root, params, progress, force):
         shutil.rmtree(os.path.join(root, split), ignore_errors=True)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
-    out = {split: _write_split(dataset, root, split, getattr(params, count_field), split_seed, params, progress)
-           for split, count_field, split_seed in dataset.splits}
+    out = {split: _write_split(dataset, root, split, getattr(params, count_field), params, progress)
+           for split, count_field, _ in dataset.splits}
     with open(manifest_path, "w") as f:  # written last: its presence means the copy is complete
         json.dump(manifest, f, indent=1)
     return out

@@ -2,6 +2,8 @@
 from contextlib import contextmanager
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
+
 
 def headless_pyplot():
     """matplotlib.pyplot on the Agg backend: figures are written to files, no display needed."""
@@ -49,3 +51,23 @@ def saved_figure(path: str, title: str, xlabel: str, ylabel: str, figsize=(5, 3.
     """Yields an Axes; on exit adds grid and legend, and writes the figure to `path`."""
     with saved_panels(path, title, [(xlabel, ylabel)], figsize=figsize) as (ax,):
         yield ax
+
+
+GROUPING_LEGEND = ("green: predicted on the instance's own dashes; red: on another contour's dashes; "
+                   "yellow: on background; light grey: own dashes missed; dark grey: other contours")
+
+
+def grouping_colours(rgb, own, every, predicted):
+    """The image dimmed, every contour grey (the instance's own light), and where a mask is predicted
+    the colour of whose pixels it covers (GROUPING_LEGEND). `predicted`: a bool mask, or mask
+    probabilities in [0, 1] that blend each pixel from its grey to its predicted colour."""
+    other = every & ~own
+    unpredicted = np.floor(0.25 * rgb.astype(np.float32))
+    unpredicted[other] = (90, 90, 90)
+    unpredicted[own] = (200, 200, 200)
+    hit = unpredicted.copy()
+    hit[own] = (40, 200, 60)
+    hit[other] = (230, 40, 40)
+    hit[~every] = (240, 200, 30)
+    weight = np.asarray(predicted, dtype=np.float32)[..., None]
+    return ((1 - weight) * unpredicted + weight * hit).round().astype(np.uint8)

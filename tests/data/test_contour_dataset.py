@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from crbp_detectron.data.coco_panoptic import read_panoptic_png, validate_panoptic_dataset
-from crbp_detectron.data.contours import (CATEGORIES, CONTOUR_CATEGORY, ContourParams, generate_contour_dataset,
-                                          register_contour_datasets, render_contour_image)
+from crbp_detectron.data.contours import (CATEGORIES, CONTOUR_CATEGORY, ContourParams, contour_ids, contour_strokes,
+                                          crossing_pairs, generate_contour_dataset, register_contour_datasets,
+                                          render_contour_image)
 
 from .utils import ground_truth_pq
 
@@ -86,6 +87,27 @@ def test_crossing_record_matches_the_masks(contours):
                 assert (near & (ids == other)).any()
                 checked += 1
     assert checked >= 10
+
+
+def test_contours_drawn_again_are_the_written_ones(contours):
+    """contour_strokes gives, for every written image, the kept dashes of exactly its contour
+    masks (path i renders segment contour_ids()[i]) and the crossings the extra file records."""
+    _, paths = contours
+    for split in ("train", "val"):
+        p = paths[split]
+        panoptic = json.load(open(p["panoptic_json"]))
+        extra = {e["image_id"]: e["contours"] for e in json.load(open(p["extra_json"]))["images"]}
+        for index, ann in enumerate(sorted(panoptic["annotations"], key=lambda a: a["image_id"])):
+            ids = read_panoptic_png(os.path.join(p["panoptic_root"], ann["file_name"]))
+            strokes, lines = contour_strokes(split, index, SMALL)
+            segment_ids = contour_ids(len(lines))
+            assert sorted(segment_ids) == sorted(c["id"] for c in extra[ann["image_id"]])
+            for path, segment in enumerate(segment_ids):
+                np.testing.assert_array_equal(strokes.fields[path] <= 0.0, ids == segment)
+            crosses = {(segment_ids[i], segment_ids[j]) for i, j in crossing_pairs(lines)}
+            assert crosses == {(c["id"], o) for c in extra[ann["image_id"]] for o in c["crosses"] if c["id"] < o}
+    with pytest.raises(ValueError, match="no split 'tain'"):
+        contour_strokes("tain", 0, SMALL)
 
 
 def test_evaluator_scores_ground_truth_pq_100(contours, tmp_path):

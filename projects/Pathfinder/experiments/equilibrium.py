@@ -48,10 +48,12 @@ def run_config(result: dict, data_root: str = "", opts=()):
         os.unlink(f.name)
 
 
-def trained_model(result: dict, weights: str, data_root: str = "", opts=()):
-    """(the model of a committed run with its weights loaded, in evaluation mode; its config)."""
+def trained_model(result: dict, weights: str, data_root: str = "", opts=(), datasets: bool = True):
+    """(the model of a committed run with its weights loaded, in evaluation mode; its config);
+    `datasets`: also generate and register the run's data sets (not needed to draw one's own)."""
     cfg = run_config(result, data_root, opts)
-    prepare_datasets(cfg)
+    if datasets:
+        prepare_datasets(cfg)
     model = PathfinderTrainer.build_model(cfg)
     model.load_state_dict(torch.load(weights, weights_only=True))
     return model.eval(), cfg

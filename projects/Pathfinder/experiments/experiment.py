@@ -36,7 +36,7 @@ from pathfinder.engine import PathfinderTrainer, prepare_datasets, training_memo
 from pathfinder.evaluation import steps_sweep
 
 from . import report
-from .runs import PROJECT, RESULTS_DIR, Run, execute_all, experiment_dir, load_experiment
+from .runs import PROJECT, RESULTS_DIR, Run, execute_all, experiment_dir, load_experiment, project_relative
 
 EXPERIMENT = "experiment"
 CYCLE = ["PATHFINDER.CYCLES", 1]  # one 1000-iteration run per link of a chain (CONTINUES)
@@ -215,8 +215,7 @@ def start_weights(name: str, seed: int, setting: Setting) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{name} seed {seed} starts from {source}'s weights of that seed, {path}, "
                                 f"which are missing: run --models {source} --seeds {seed} first")
-    inside = os.path.commonpath([os.path.abspath(path), PROJECT]) == PROJECT
-    return os.path.relpath(path, PROJECT) if inside else os.path.abspath(path)
+    return project_relative(path)
 
 
 # ------------------------------------------------------------------------------ pictures

@@ -37,6 +37,13 @@ class Run:
         return os.path.join(scratch, self.experiment, self.name, f"seed{self.seed}")
 
 
+def project_relative(path: str) -> str:
+    """`path` relative to the project when inside it (the runs work there), so that a recorded
+    config does not depend on the clone; absolute otherwise."""
+    inside = os.path.commonpath([os.path.abspath(path), PROJECT]) == PROJECT
+    return os.path.relpath(path, PROJECT) if inside else os.path.abspath(path)
+
+
 def experiment_dir(results_dir: str, experiment: str) -> str:
     return os.path.join(results_dir, experiment)
 

@@ -44,6 +44,9 @@ def add_pathfinder_config(cfg):
     d.MARGIN = 1.0
     d.TRAIN_LENGTHS = [6, 10, 14]  # target paddles; the training set mixes them
     d.TRAIN_PER_LENGTH = 2000
+    # Prepared sets (pathfinder.generator.storage.write_prepared) to train on instead of the generated
+    # TRAIN_LENGTHS sets, e.g. other contours drawn as Pathfinder draws (experiments.crossings).
+    d.TRAIN_FOLDERS = []
     d.TEST_LENGTHS = [6, 10, 14, 18]  # lengths not in TRAIN_LENGTHS are out of distribution
     d.TEST_PER_LENGTH = 300
     d.SEED = 0  # data seed (the model's and the data order's: SEED)
@@ -161,6 +164,9 @@ def validate_pathfinder_config(cfg):
         lengths = list(getattr(d, key))
         if not lengths or any(not isinstance(v, int) or v < 1 for v in lengths) or len(set(lengths)) != len(lengths):
             _fail(pd + key, lengths, "must be a non-empty list of distinct positive integers (paddles)")
+    folders = list(d.TRAIN_FOLDERS)
+    if any(not isinstance(f, str) or not f for f in folders):
+        _fail(pd + "TRAIN_FOLDERS", folders, "must be a list of folder paths (prepared sets)")
     m, pm = cfg.PATHFINDER.MODEL, p + "MODEL."
     _check_choice(m, "BODY", BODIES, pm)
     _check_choice(m, "CELL_BN_STATISTICS", CELL_BN_STATISTICS, pm)

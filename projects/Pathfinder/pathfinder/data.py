@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .generator import PathfinderConfig, PathfinderDataset, ensure_dataset
+from .generator import PathfinderConfig, PathfinderDataset, ensure_dataset, load_manifest
 from .config import split_distractors
 
 TRAIN, VAL = "pathfinder_train", "pathfinder_val"
@@ -93,6 +93,23 @@ def _records(folder: str, length: int, count: int = None) -> List[Dict]:
     return [{"folder": folder, "index": i, "length": length} for i in range(n)]
 
 
+def prepared_records(cfg) -> List[Dict]:
+    """The records of PATHFINDER.DATA.TRAIN_FOLDERS; an error names the folder that is no prepared
+    set of the config's canvas size."""
+    records = []
+    for folder in cfg.PATHFINDER.DATA.TRAIN_FOLDERS:
+        manifest = load_manifest(folder)
+        if manifest is None:
+            raise FileNotFoundError(f"PATHFINDER.DATA.TRAIN_FOLDERS: {folder!r} holds no manifest.json "
+                                    "(write one with pathfinder.generator.storage.write_prepared)")
+        size = manifest["config"]["size"]
+        if size != cfg.PATHFINDER.DATA.SIZE:
+            raise ValueError(f"PATHFINDER.DATA.TRAIN_FOLDERS: {folder!r} holds {size} px samples, "
+                             f"PATHFINDER.DATA.SIZE is {cfg.PATHFINDER.DATA.SIZE}")
+        records += _records(folder, manifest["config"]["length"])
+    return records
+
+
 def test_name(length: int) -> str:
     return f"pathfinder_test_L{length}"
 
@@ -102,7 +119,8 @@ def register_pathfinder_datasets(cfg) -> Dict[str, List[str]]:
     test sets generated when first read); returns {"train": [...], "test": [...]}. Registering
     again replaces earlier registrations of the same names."""
     d, e = cfg.PATHFINDER.DATA, cfg.PATHFINDER.EVAL
-    folders = {("train", L): dataset_folder(cfg, "train", L) for L in d.TRAIN_LENGTHS}
+    train_records = prepared_records(cfg) if d.TRAIN_FOLDERS else None
+    folders = {} if train_records else {("train", L): dataset_folder(cfg, "train", L) for L in d.TRAIN_LENGTHS}
     val_length = e.VAL_LENGTH or max(d.TRAIN_LENGTHS)
     frozen = cfg.clone()  # the validation and test sets are generated when first read (Detectron2's
     # catalog is lazy): training starts at once, long test contours are drawn when evaluated
@@ -117,7 +135,8 @@ def register_pathfinder_datasets(cfg) -> Dict[str, List[str]]:
         DatasetCatalog.register(name, fn)
         MetadataCatalog.get(name).set(evaluator_type="pathfinder", **metadata)
 
-    register(TRAIN, lambda: [r for L in d.TRAIN_LENGTHS for r in _records(folders[("train", L)], L)],
+    register(TRAIN, (lambda: train_records) if train_records else
+             (lambda: [r for L in d.TRAIN_LENGTHS for r in _records(folders[("train", L)], L)]),
              lengths=list(d.TRAIN_LENGTHS))
     register(VAL, functools.partial(evaluation_records, "val", val_length), lengths=[val_length])
     for length in d.TEST_LENGTHS:

@@ -8,7 +8,7 @@ __main__.py   command line
 """
 from .generator import VARIANTS, PathfinderConfig, generate_sample
 from .preview import preview_dataset, save_preview
-from .storage import FORMAT_VERSION, PathfinderDataset, ensure_dataset, generate_dataset, load_manifest
+from .storage import FORMAT_VERSION, PathfinderDataset, ensure_dataset, generate_dataset, load_manifest, write_prepared
 
 __all__ = ["FORMAT_VERSION", "VARIANTS", "PathfinderConfig", "PathfinderDataset", "ensure_dataset",
-           "generate_dataset", "generate_sample", "load_manifest", "preview_dataset", "save_preview"]
+           "generate_dataset", "generate_sample", "load_manifest", "preview_dataset", "save_preview", "write_prepared"]

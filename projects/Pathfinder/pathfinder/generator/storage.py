@@ -95,9 +95,34 @@ def generate_dataset(out_dir: str, cfg: PathfinderConfig, n: int, seed: int = 0,
                   "class_balance": float(classes.mean()) if cfg.variant == "classification" else None,
                   "seconds": round(time.time() - t0, 3), "workers": workers},
     }
+    _write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _write_manifest(out_dir: str, manifest: Dict):
+    """Written last and atomically: a folder with a manifest holds a complete set."""
     with open(os.path.join(out_dir, "manifest.json.tmp"), "w") as f:
         json.dump(manifest, f, indent=2)
     os.replace(os.path.join(out_dir, "manifest.json.tmp"), os.path.join(out_dir, "manifest.json"))
+
+
+def write_prepared(out_dir: str, cfg: PathfinderConfig, images: np.ndarray, masks: np.ndarray, source: Dict) -> Dict:
+    """Writes segmentation samples made elsewhere (images uint8 [N, S, S], masks bool [N, S, S]) in
+    this format, so that training reads them as a generated set (PATHFINDER.DATA.TRAIN_FOLDERS).
+    `cfg`: the drawing's generator settings (its size must be the images'); `source`: what made them
+    (recorded in the manifest). Returns the manifest."""
+    if images.ndim != 3 or images.shape != masks.shape or images.shape[1:] != (cfg.size, cfg.size):
+        raise ValueError(f"images {images.shape} and masks {masks.shape} must both be [N, {cfg.size}, {cfg.size}]")
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(os.path.join(out_dir, "manifest.json")):
+        os.remove(os.path.join(out_dir, "manifest.json"))  # incomplete until the new one is written
+    np.save(os.path.join(out_dir, "images.npy"), images.astype(np.uint8))
+    np.save(os.path.join(out_dir, "masks.npy"), np.packbits(masks.reshape(len(masks), -1).astype(bool), axis=1))
+    manifest = {"format": "pathfinder", "version": FORMAT_VERSION, "config": cfg.to_dict(), "count": len(images),
+                "seed": None, "files": {"images": "images.npy", "masks": "masks.npy"},
+                "mask_packing": "numpy.packbits over the row-major S*S mask", "source": source,
+                "stats": {"positive_pixel_fraction": float(masks.mean()) if len(masks) else 0.0}}
+    _write_manifest(out_dir, manifest)
     return manifest
 
 
