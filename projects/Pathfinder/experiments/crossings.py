@@ -28,6 +28,8 @@ schedule) on every contour of the contour data's train split drawn the same way
 
     python -m experiments.crossings                        # in projects/Pathfinder; needs the runs' weights
     python -m experiments.crossings --train 400 --scratch SCRATCH   # then measures every run again
+    python -m experiments.crossings --new-only             # measures only the runs without a JSON
+    python -m experiments.crossings --picture-only         # redraws the picture from the weights
     python -m experiments.crossings --report-only          # from the committed JSON
 
 Writes projects/Pathfinder/results/crossings/<model>_seed<k>.json (and <model>_contours<N>_seed<k>.json),
