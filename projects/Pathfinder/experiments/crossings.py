@@ -215,11 +215,14 @@ def write_json(path: str, data: Dict):
     atomic_write(path, lambda f: json.dump(data, f, indent=1), mode="w")
 
 
+def flood_predictions(samples: Sequence[Dict], radius: float) -> np.ndarray:
+    """bool [N, S, S]: proximity_flood from each sample's marker."""
+    return np.stack([proximity_flood(s["image"], s["marker"], radius) for s in samples])
+
+
 def measure_proximity(contours, pathfinder) -> Dict:
-    return {"radii": {str(r): {"contours": grouping_metrics(contours, np.stack([proximity_flood(s["image"], s["marker"], r)
-                                                                              for s in contours])),
-                               "pathfinder": grouping_metrics(pathfinder, np.stack(
-                                   [proximity_flood(s["image"], s["marker"], r) for s in pathfinder]))}
+    return {"radii": {str(r): {"contours": grouping_metrics(contours, flood_predictions(contours, r)),
+                               "pathfinder": grouping_metrics(pathfinder, flood_predictions(pathfinder, r))}
                       for r in RADII}}
 
 
@@ -433,9 +436,9 @@ def main(argv=None):
             pictured[f"{run_label(name)}, seed {seed}"] = on_contours
     if data:
         contours = next(iter(data.values()))[0]
-        flood = np.stack([proximity_flood(s["image"], s["marker"], PICTURE_RADIUS) for s in contours])
         write_picture(os.path.join(args.results, "pathfinder_crossings.png"), contours,
-                      {f"flood, radius {PICTURE_RADIUS}": flood, **dict(sorted(pictured.items(), key=picture_order))})
+                      {f"flood, radius {PICTURE_RADIUS}": flood_predictions(contours, PICTURE_RADIUS),
+                       **dict(sorted(pictured.items(), key=picture_order))})
     md = write_report(args.results)
     print(f"wrote {md}")
     with open(md) as f:

@@ -119,8 +119,8 @@ def register_pathfinder_datasets(cfg) -> Dict[str, List[str]]:
     test sets generated when first read); returns {"train": [...], "test": [...]}. Registering
     again replaces earlier registrations of the same names."""
     d, e = cfg.PATHFINDER.DATA, cfg.PATHFINDER.EVAL
-    train_records = prepared_records(cfg) if d.TRAIN_FOLDERS else None
-    folders = {} if train_records else {("train", L): dataset_folder(cfg, "train", L) for L in d.TRAIN_LENGTHS}
+    prepared = prepared_records(cfg) if d.TRAIN_FOLDERS else None  # then nothing is generated for training
+    folders = {} if prepared is not None else {("train", L): dataset_folder(cfg, "train", L) for L in d.TRAIN_LENGTHS}
     val_length = e.VAL_LENGTH or max(d.TRAIN_LENGTHS)
     frozen = cfg.clone()  # the validation and test sets are generated when first read (Detectron2's
     # catalog is lazy): training starts at once, long test contours are drawn when evaluated
@@ -135,7 +135,7 @@ def register_pathfinder_datasets(cfg) -> Dict[str, List[str]]:
         DatasetCatalog.register(name, fn)
         MetadataCatalog.get(name).set(evaluator_type="pathfinder", **metadata)
 
-    register(TRAIN, (lambda: train_records) if train_records else
+    register(TRAIN, (lambda: prepared) if prepared is not None else
              (lambda: [r for L in d.TRAIN_LENGTHS for r in _records(folders[("train", L)], L)]),
              lengths=list(d.TRAIN_LENGTHS))
     register(VAL, functools.partial(evaluation_records, "val", val_length), lengths=[val_length])

@@ -107,7 +107,12 @@ def test_a_prepared_set_is_read_as_the_training_set(tmp_path):
         sample = load_sample(record)
         assert (sample["image"][0].numpy() == images[i]).all() and (sample["mask"][0].numpy() == masks[i]).all()
 
+    empty = str(tmp_path / "empty")  # an empty prepared set trains on nothing; it does not fall back
+    write_prepared(empty, PathfinderConfig(size=16, length=3), images[:0], masks[:0], {})
     cfg.defrost()
+    cfg.PATHFINDER.DATA.TRAIN_FOLDERS = [empty]
+    register_pathfinder_datasets(cfg)
+    assert DatasetCatalog.get(TRAIN) == [] and not os.path.exists(tmp_path / "data")
     cfg.PATHFINDER.DATA.TRAIN_FOLDERS = [str(tmp_path / "nowhere")]
     with pytest.raises(FileNotFoundError, match="PATHFINDER.DATA.TRAIN_FOLDERS.*nowhere"):
         register_pathfinder_datasets(cfg)

@@ -88,22 +88,21 @@ def generate_dataset(out_dir: str, cfg: PathfinderConfig, n: int, seed: int = 0,
     if cfg.variant == "classification":
         np.save(os.path.join(out_dir, "classes.npy"), classes)
         files["classes"] = "classes.npy"
-    manifest = {
-        "format": "pathfinder", "version": FORMAT_VERSION, "config": cfg.to_dict(), "count": n,
-        "seed": seed, "files": files, "mask_packing": "numpy.packbits over the row-major S*S mask",
-        "stats": {"positive_pixel_fraction": pos_fraction,
-                  "class_balance": float(classes.mean()) if cfg.variant == "classification" else None,
-                  "seconds": round(time.time() - t0, 3), "workers": workers},
-    }
-    _write_manifest(out_dir, manifest)
-    return manifest
+    return _write_manifest(out_dir, cfg, n, seed, files, {
+        "positive_pixel_fraction": pos_fraction,
+        "class_balance": float(classes.mean()) if cfg.variant == "classification" else None,
+        "seconds": round(time.time() - t0, 3), "workers": workers})
 
 
-def _write_manifest(out_dir: str, manifest: Dict):
-    """Written last and atomically: a folder with a manifest holds a complete set."""
+def _write_manifest(out_dir: str, cfg: PathfinderConfig, count: int, seed, files: Dict, stats: Dict, **extra) -> Dict:
+    """Written last and atomically: a folder with a manifest holds a complete set. Returns it."""
+    manifest = {"format": "pathfinder", "version": FORMAT_VERSION, "config": cfg.to_dict(), "count": count,
+                "seed": seed, "files": files, "mask_packing": "numpy.packbits over the row-major S*S mask",
+                **extra, "stats": stats}
     with open(os.path.join(out_dir, "manifest.json.tmp"), "w") as f:
         json.dump(manifest, f, indent=2)
     os.replace(os.path.join(out_dir, "manifest.json.tmp"), os.path.join(out_dir, "manifest.json"))
+    return manifest
 
 
 def write_prepared(out_dir: str, cfg: PathfinderConfig, images: np.ndarray, masks: np.ndarray, source: Dict) -> Dict:
@@ -117,13 +116,10 @@ def write_prepared(out_dir: str, cfg: PathfinderConfig, images: np.ndarray, mask
     if os.path.exists(os.path.join(out_dir, "manifest.json")):
         os.remove(os.path.join(out_dir, "manifest.json"))  # incomplete until the new one is written
     np.save(os.path.join(out_dir, "images.npy"), images.astype(np.uint8))
-    np.save(os.path.join(out_dir, "masks.npy"), np.packbits(masks.reshape(len(masks), -1).astype(bool), axis=1))
-    manifest = {"format": "pathfinder", "version": FORMAT_VERSION, "config": cfg.to_dict(), "count": len(images),
-                "seed": None, "files": {"images": "images.npy", "masks": "masks.npy"},
-                "mask_packing": "numpy.packbits over the row-major S*S mask", "source": source,
-                "stats": {"positive_pixel_fraction": float(masks.mean()) if len(masks) else 0.0}}
-    _write_manifest(out_dir, manifest)
-    return manifest
+    packed = np.packbits(masks.reshape(len(masks), cfg.size * cfg.size).astype(bool), axis=1)
+    np.save(os.path.join(out_dir, "masks.npy"), packed)
+    return _write_manifest(out_dir, cfg, len(images), None, {"images": "images.npy", "masks": "masks.npy"},
+                           {"positive_pixel_fraction": float(masks.mean()) if len(masks) else 0.0}, source=source)
 
 
 def load_manifest(folder: str) -> Optional[Dict]:
