@@ -85,6 +85,9 @@ STUDY = {
     "crbp_anderson_continued_twice_steps64": "hGRU C-RBP, 64 steps, Anderson forward, 3000 iterations (2000 more)",
     # the first cycle with the graph-free evaluations compiled (MODEL.CRBP.FORWARD.COMPILE)
     "crbp_compiled_steps64": "hGRU C-RBP, 64 steps, compiled forward, 1000 iterations",
+    # the tracing recipe given a fourth cycle (compiled forward): does the hard seed trace with more
+    "crbp_continued_thrice_steps64": "hGRU C-RBP, 64 steps, 4000 iterations (a fourth cycle, compiled forward)",
+    "crbp_continued_four_times_steps64": "hGRU C-RBP, 64 steps, 5000 iterations (a fifth cycle, compiled forward)",
     # the models at 10 channels, the experiment's width before 16, and the recipes tried there
     "crbp_channels10": "hGRU C-RBP, 10 ch",
     "bptt_channels10": "hGRU BPTT-1, 10 ch",
@@ -112,7 +115,23 @@ CONTINUES = {"crbp_continued_steps64": "crbp_steps64", "crbp_continued_twice_ste
              "bptt8_continued": "bptt8", "bptt8_continued_twice": "bptt8_continued",
              "cnn_continued": "cnn", "cnn_continued_twice": "cnn_continued",
              "crbp_anderson_continued_steps64": "crbp_anderson_steps64",
-             "crbp_anderson_continued_twice_steps64": "crbp_anderson_continued_steps64"}
+             "crbp_anderson_continued_twice_steps64": "crbp_anderson_continued_steps64",
+             "crbp_continued_thrice_steps64": "crbp_continued_twice_steps64",
+             "crbp_continued_four_times_steps64": "crbp_continued_thrice_steps64"}
+# the table's baselines given a fourth and a fifth cycle, as C-RBP is in the study
+# (crbp_continued_thrice_steps64, crbp_continued_four_times_steps64): the same evaluation (the
+# trained lengths and 18; test-time steps at 14 and 18), graph-free steps compiled where a model has them
+LONGER_EVALUATION = ["PATHFINDER.DATA.TEST_LENGTHS", [6, 10, 14, 18], "PATHFINDER.EVAL.SWEEP_LENGTHS", [14, 18]]
+LONGER = {"thrice": "4000 iterations (a fourth cycle)", "four_times": "5000 iterations (a fifth cycle)"}
+for _name in ("rbp", "cbptt", "bptt", "bptt4", "bptt8", "cnn"):
+    _table = _source = f"{_name}_continued_twice"
+    for _suffix, _what in LONGER.items():
+        _link = f"{_name}_continued_{_suffix}"
+        MODELS[_link] = (f"{MODELS[_table][0].split(' (')[0]}, {_what}", MODELS[_table][1])
+        MODEL_OPTS[_link] = (MODEL_OPTS.get(_table, CYCLE) + LONGER_EVALUATION
+                             + (["MODEL.CRBP.FORWARD.COMPILE", True] if _name == "rbp" else []))
+        CONTINUES[_link] = _source
+        _source = _link
 # the table at equal iterations (3 x 1000), in this order
 DEFAULT_MODELS = ("crbp_continued_twice_steps64", "rbp_continued_twice", "cbptt_continued_twice",
                   "bptt_continued_twice", "bptt4_continued_twice", "bptt8_continued_twice", "cnn_continued_twice")
@@ -126,7 +145,8 @@ ONE_COMMAND = {"crbp_continued_twice_steps64": ("crbp.yaml", []), "rbp_continued
                "cnn_continued_twice": ("cnn.yaml", [])}
 # the same models after their first cycle (1000 iterations)
 FIRST_CYCLE = ("crbp_steps64", "rbp", "cbptt", "bptt", "bptt4", "bptt8", "cnn")
-FEED_FORWARD = ("cnn", "cnn_channels10", "cnn_continued", "cnn_continued_twice")  # no recurrence
+FEED_FORWARD = ("cnn", "cnn_channels10", "cnn_continued", "cnn_continued_twice",
+                "cnn_continued_thrice", "cnn_continued_four_times")  # no recurrence
 MAX_BPTT_STEPS = 12
 
 
@@ -511,6 +531,85 @@ ONE_SCHEDULE = "crbp_one_schedule_steps64"  # crbp.yaml's 3000 iterations withou
 
 
 COMPILED = "crbp_compiled_steps64"  # the first cycle with MODEL.CRBP.FORWARD.COMPILE
+# C-RBP past the recipe's three cycles, with the compiled forward (the study)
+CRBP_LONGER = ("crbp_continued_thrice_steps64", "crbp_continued_four_times_steps64")
+# what crbp.yaml is asked to reach at 14 / 18 paddles, on every seed
+TARGET_IOU = {14: 0.90, 18: 0.80}
+
+
+def marker_reach_table(groups: dict, names, results_dir: str, length: int = 18) -> str:
+    """Per seed of each C-RBP model: how far the marker's signal reaches along the target at the
+    fixed point (experiments.selection --length L: the predicted probability with the marker minus
+    without it, at the first, middle and last paddle, at the horizon), beside the IoU at the horizon
+    and at twice its steps: a seed whose IoU is flat past the horizon and whose influence dies along
+    the contour stops short because of where its equilibrium is, not for want of steps."""
+    from .selection import results_path
+
+    rows = []
+    for cycles, name in enumerate(names, 3):
+        for seed, run in sorted(groups.get(name, {}).items()):
+            path = results_path(results_dir, name, length, seed)
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                influence = json.load(f)["influence"][-1]  # at the horizon, per paddle from the marker
+            h = run["steps"]
+            rows.append([cycles, seed, f"{report.sweep_metric(run, length, h):.3f}",
+                         f"{report.sweep_metric(run, length, 2 * h):.3f}"]
+                        + [f"{influence[i]:.2f}" for i in (0, len(influence) // 2, len(influence) - 1)]
+                        + [f"{influence[-1] / influence[0]:.2f}" if influence[0] > 0 else "–"])
+    if not rows:
+        return ""
+    return markdown_table(["C-RBP: cycles", "seed", f"IoU L={length} at the horizon", "at 2x steps",
+                           "marker influence, paddle 1", f"paddle {length // 2 + 1}", f"paddle {length}",
+                           "last ÷ first"], rows)
+
+
+def longer_section(groups: dict, lengths=(14, 18), results_dir: str = "") -> str:
+    """The table's models after three, four and five cycles, seed by seed: whether C-RBP's every
+    seed reaches TARGET_IOU with more training, and whether the baselines given as many catch up."""
+    rows, verdicts = [], []
+    for table_model in DEFAULT_MODELS:
+        base = table_model[:-len("_continued_twice")] if table_model.endswith("_continued_twice") else None
+        links = [table_model] + (list(CRBP_LONGER) if base is None
+                                 else [f"{base}_continued_{suffix}" for suffix in LONGER])
+        for cycles, name in enumerate(links, 3):
+            if name not in groups:
+                continue
+            runs = groups[name]
+            seeds = sorted(runs)
+            per_seed = {L: [report.test_metric(runs[s], L) for s in seeds] for L in lengths}
+            h = runs[seeds[0]].get("steps")
+            ratios = [report.sweep_metric(runs[s], L, 2 * h) / report.sweep_metric(runs[s], L, h)
+                      for s in seeds for L in lengths] if h and name not in FEED_FORWARD else []
+            twice = [r for r in ratios if np.isfinite(r)]
+            rows.append([MODELS[table_model][0].split(" (")[0], cycles, cycles * 1000, ", ".join(map(str, seeds))]
+                        + [" / ".join(f"{v:.3f}" for v in per_seed[L]) for L in lengths]
+                        + [report.pm(per_seed[L]) for L in lengths]
+                        + [f"{min(twice):.2f}-{max(twice):.2f}x" if twice else "–"])
+            if table_model == DEFAULT_MODELS[0]:
+                short = [f"seed {s}" for i, s in enumerate(seeds)
+                         if any(per_seed[L][i] < TARGET_IOU[L] for L in lengths if L in TARGET_IOU)]
+                verdicts.append(f"after {cycles} cycles ({len(seeds)} seeds) "
+                                + ("every seed reaches it" if not short else f"{', '.join(short)} short of it"))
+    if len(verdicts) < 2:
+        return "Not measured yet: `python -m experiments.experiment --models " + " ".join(CRBP_LONGER) + "`."
+    target = " and ".join(f"{v:.2f} at {L}" for L, v in TARGET_IOU.items())
+    table = markdown_table(["model", "cycles", "iterations", "seeds"]
+                           + [f"IoU L={L}, seed by seed" for L in lengths] + [f"IoU L={L}" for L in lengths]
+                           + ["at 2x steps ÷ at steps (every seed and length)"], rows)
+    text = (f"Each further cycle: 1000 iterations from the previous cycle's weights of the same seed, a fresh "
+            f"Adam, the same warm-up and cosine schedule (configs/study/{CRBP_LONGER[0]}.yaml and the next; the "
+            f"baselines with their own configs), the graph-free steps compiled where a model has them "
+            f"(MODEL.CRBP.FORWARD.COMPILE), evaluated on the trained lengths and 18 paddles.\n\n{table}\n\n"
+            f"C-RBP against the bar of every seed at {target} paddles: " + "; ".join(verdicts) + ".")
+    reach = marker_reach_table(groups, (DEFAULT_MODELS[0],) + CRBP_LONGER, results_dir) if results_dir else ""
+    if reach:
+        text += ("\n\nWhy a seed stays short at 18 paddles: how far the marker's signal reaches along the target "
+                 "at the horizon (`python -m experiments.selection --length 18 --measure-only`: 64 test "
+                 "contours, the probability predicted with the marker minus the one with the marker erased, per "
+                 f"paddle counted from the marker), beside the IoU at the horizon and at twice its steps:\n\n{reach}")
+    return text
 
 
 def seed_by_seed(groups: dict, base: str, other: str, lengths=(14, 18)):
@@ -704,6 +803,10 @@ side by side: benchmarks/results/train_speed_pathfinder_table.md).
 ## The strongest baseline given more time
 
 {wall_clock}
+
+## More cycles: does every seed trace?
+
+{longer_section(groups, results_dir=setting.results_dir)}
 
 ## Warm restarts or only the length
 

@@ -12,6 +12,7 @@ influence that dies a few paddles from it.
     python -m experiments.selection --models crbp bptt cbptt rbp cnn --length 14
     python -m experiments.selection --report-only ...     # from the committed measurements
     python -m experiments.selection --models crbp --checkpoints SCRATCH   # over training
+    python -m experiments.selection --models crbp --length 18 --measure-only   # JSON only, report kept
 
 --checkpoints measures, at the horizon, every checkpoint that the experiment's runs left in its
 scratch folder (python -m experiments.experiment --scratch SCRATCH): does the marker
@@ -346,6 +347,8 @@ def main(argv=None):
     p.add_argument("--count", type=int, default=64, help="test images")
     p.add_argument("--report-only", action="store_true", help="tables and plot from the committed measurements")
     p.add_argument("--results", default=RESULTS_DIR)
+    p.add_argument("--measure-only", action="store_true",
+                   help="store the measurements beside the runs and leave the report (another length's) as it is")
     p.add_argument("--checkpoints", metavar="SCRATCH", default="",
                    help="also measure every checkpoint of the runs in the experiment's scratch folder")
     args = p.parse_args(argv)
@@ -381,7 +384,8 @@ def main(argv=None):
                         into.setdefault(name, []).append(json.load(f))
     if not measured:
         raise SystemExit("nothing measured: the models need their weights (python -m experiments.experiment)")
-    write_report(measured, args.results, training)
+    if args.report_only or not args.measure_only:
+        write_report(measured, args.results, training)
 
 
 if __name__ == "__main__":

@@ -376,3 +376,55 @@ def test_compiled_section_compares_the_compiled_first_cycle_with_the_eager_one_s
     assert "14 paddles -0.023 ± 0.067; 18 paddles -0.017 ± 0.076" in text
     assert "eager 3.50 ± 0.00, compiled 1.20 ± 0.00" in text
     assert compiled_section({"crbp_steps64": groups["crbp_steps64"]}).startswith("Not measured yet")
+
+
+def test_longer_section_follows_each_table_model_past_three_cycles_and_checks_every_crbp_seed():
+    """The table's models after three, four and five cycles, seed by seed: C-RBP's verdict names
+    the seeds under the bar (0.90 at 14 paddles, 0.80 at 18), the 2x-steps ratio comes from the
+    sweep, and a baseline's further cycles are found under its own names."""
+    from experiments.experiment import CRBP_LONGER, DEFAULT_MODELS, MODELS, longer_section
+
+    def runs(ious, steps=64):  # IoU 1.02x at twice the steps
+        return {seed: {"test": {"14": {"iou": a}, "18": {"iou": b}}, "steps": steps,
+                       "sweep": {str(L): [{"iou": v}] * steps + [{"iou": v * 1.02}] * steps
+                                 for L, v in ((14, a), (18, b))}}
+                for seed, (a, b) in enumerate(ious)}
+
+    crbp = DEFAULT_MODELS[0]
+    groups = {crbp: runs([(0.94, 0.84), (0.95, 0.84), (0.72, 0.56)]),
+              CRBP_LONGER[0]: runs([(0.96, 0.88), (0.97, 0.90), (0.87, 0.65)]),
+              CRBP_LONGER[1]: runs([(0.96, 0.89), (0.97, 0.91), (0.93, 0.81)]),
+              "rbp_continued_thrice": runs([(0.9, 0.8), (0.91, 0.81), (0.92, 0.79)])}
+    text = re.sub(" +", " ", longer_section(groups))
+    assert "after 3 cycles (3 seeds) seed 2 short of it; after 4 cycles (3 seeds) seed 2 short of it; " \
+           "after 5 cycles (3 seeds) every seed reaches it." in text
+    assert f"| {MODELS[crbp][0].split(' (')[0]} | 5 | 5000 | 0, 1, 2 | 0.960 / 0.970 / 0.930 | 0.890 / 0.910 / 0.810 |" in text
+    assert f"| {MODELS['rbp_continued_twice'][0].split(' (')[0]} | 4 | 4000 | 0, 1, 2 | 0.900 / 0.910 / 0.920 |" in text
+    assert "| 1.02-1.02x |" in text
+    assert longer_section({crbp: groups[crbp]}).startswith("Not measured yet")
+
+
+def test_marker_reach_reads_each_seeds_selection_at_the_horizon(tmp_path):
+    """The longer-training section's diagnostic: per C-RBP seed, the marker's influence at the
+    horizon at the first, middle and last paddle (the selection measurement's last step) and its
+    decay, beside the IoU at the horizon and at twice the steps; seeds without a measurement are left out."""
+    from experiments.experiment import CRBP_LONGER, DEFAULT_MODELS, EXPERIMENT, longer_section
+    from experiments.selection import results_path
+
+    def runs(ious, steps=4):
+        return {seed: {"test": {"14": {"iou": a}, "18": {"iou": b}}, "steps": steps,
+                       "sweep": {str(L): [{"iou": v}] * (2 * steps) for L, v in ((14, a), (18, b))}}
+                for seed, (a, b) in enumerate(ious)}
+
+    groups = {DEFAULT_MODELS[0]: runs([(0.94, 0.84), (0.72, 0.56)]), CRBP_LONGER[0]: runs([(0.96, 0.88), (0.87, 0.65)])}
+    influence = [[0.0] * 18, [0.6 - 0.03 * i for i in range(18)]]  # steps 1 and 2 (the horizon of the measurement)
+    (tmp_path / EXPERIMENT).mkdir()
+    for seed in (0, 1):
+        path = results_path(str(tmp_path), CRBP_LONGER[0], 18, seed)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"influence": influence}, f)
+    text = re.sub(" +", " ", longer_section(groups, results_dir=str(tmp_path)))
+    assert "\n| 4 | 1 | 0.650 | 0.650 | 0.60 | 0.33 | 0.09 | 0.15 |" in text
+    assert "\n| 3 | 0 |" not in text  # no measurement for the three-cycle model
+    assert "marker influence" not in re.sub(" +", " ", longer_section(groups))
