@@ -85,7 +85,7 @@ STUDY = {
     "crbp_anderson_continued_twice_steps64": "hGRU C-RBP, 64 steps, Anderson forward, 3000 iterations (2000 more)",
     # the first cycle with the graph-free evaluations compiled (MODEL.CRBP.FORWARD.COMPILE)
     "crbp_compiled_steps64": "hGRU C-RBP, 64 steps, compiled forward, 1000 iterations",
-    # the tracing recipe given a fourth cycle (compiled forward): does the hard seed trace with more
+    # the tracing recipe given a fourth and a fifth cycle (compiled forward): does the hard seed trace then
     "crbp_continued_thrice_steps64": "hGRU C-RBP, 64 steps, 4000 iterations (a fourth cycle, compiled forward)",
     "crbp_continued_four_times_steps64": "hGRU C-RBP, 64 steps, 5000 iterations (a fifth cycle, compiled forward)",
     # the models at 10 channels, the experiment's width before 16, and the recipes tried there
