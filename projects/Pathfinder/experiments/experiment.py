@@ -123,14 +123,18 @@ CONTINUES = {"crbp_continued_steps64": "crbp_steps64", "crbp_continued_twice_ste
 # trained lengths and 18; test-time steps at 14 and 18), graph-free steps compiled where a model has them
 LONGER_EVALUATION = ["PATHFINDER.DATA.TEST_LENGTHS", [6, 10, 14, 18], "PATHFINDER.EVAL.SWEEP_LENGTHS", [14, 18]]
 LONGER = {"thrice": "4000 iterations (a fourth cycle)", "four_times": "5000 iterations (a fifth cycle)"}
+# table model: its further cycles, in order
+FURTHER_CYCLES = {"crbp_continued_twice_steps64": ["crbp_continued_thrice_steps64", "crbp_continued_four_times_steps64"]}
 for _name in ("rbp", "cbptt", "bptt", "bptt4", "bptt8", "cnn"):
     _table = _source = f"{_name}_continued_twice"
+    FURTHER_CYCLES[_table] = []
     for _suffix, _what in LONGER.items():
         _link = f"{_name}_continued_{_suffix}"
         MODELS[_link] = (f"{MODELS[_table][0].split(' (')[0]}, {_what}", MODELS[_table][1])
         MODEL_OPTS[_link] = (MODEL_OPTS.get(_table, CYCLE) + LONGER_EVALUATION
                              + (["MODEL.CRBP.FORWARD.COMPILE", True] if _name == "rbp" else []))
         CONTINUES[_link] = _source
+        FURTHER_CYCLES[_table].append(_link)
         _source = _link
 # the table at equal iterations (3 x 1000), in this order
 DEFAULT_MODELS = ("crbp_continued_twice_steps64", "rbp_continued_twice", "cbptt_continued_twice",
@@ -532,7 +536,7 @@ ONE_SCHEDULE = "crbp_one_schedule_steps64"  # crbp.yaml's 3000 iterations withou
 
 COMPILED = "crbp_compiled_steps64"  # the first cycle with MODEL.CRBP.FORWARD.COMPILE
 # C-RBP past the recipe's three cycles, with the compiled forward (the study)
-CRBP_LONGER = ("crbp_continued_thrice_steps64", "crbp_continued_four_times_steps64")
+CRBP_LONGER = tuple(FURTHER_CYCLES["crbp_continued_twice_steps64"])
 # what crbp.yaml is asked to reach at 14 / 18 paddles, on every seed
 TARGET_IOU = {14: 0.90, 18: 0.80}
 
@@ -546,7 +550,7 @@ def marker_reach_table(groups: dict, names, results_dir: str, length: int = 18) 
     from .selection import results_path
 
     rows = []
-    for cycles, name in enumerate(names, 3):
+    for name in names:
         for seed, run in sorted(groups.get(name, {}).items()):
             path = results_path(results_dir, name, length, seed)
             if not os.path.exists(path):
@@ -554,7 +558,7 @@ def marker_reach_table(groups: dict, names, results_dir: str, length: int = 18) 
             with open(path) as f:
                 influence = json.load(f)["influence"][-1]  # at the horizon, per paddle from the marker
             h = run["steps"]
-            rows.append([cycles, seed, f"{report.sweep_metric(run, length, h):.3f}",
+            rows.append([len(chain(name)), seed, f"{report.sweep_metric(run, length, h):.3f}",
                          f"{report.sweep_metric(run, length, 2 * h):.3f}"]
                         + [f"{influence[i]:.2f}" for i in (0, len(influence) // 2, len(influence) - 1)]
                         + [f"{influence[-1] / influence[0]:.2f}" if influence[0] > 0 else "–"])
@@ -570,19 +574,15 @@ def longer_section(groups: dict, lengths=(14, 18), results_dir: str = "") -> str
     seed reaches TARGET_IOU with more training, and whether the baselines given as many catch up."""
     rows, verdicts = [], []
     for table_model in DEFAULT_MODELS:
-        base = table_model[:-len("_continued_twice")] if table_model.endswith("_continued_twice") else None
-        links = [table_model] + (list(CRBP_LONGER) if base is None
-                                 else [f"{base}_continued_{suffix}" for suffix in LONGER])
-        for cycles, name in enumerate(links, 3):
+        for name in [table_model] + FURTHER_CYCLES[table_model]:
             if name not in groups:
                 continue
             runs = groups[name]
             seeds = sorted(runs)
+            cycles = len(chain(name))
             per_seed = {L: [report.test_metric(runs[s], L) for s in seeds] for L in lengths}
-            h = runs[seeds[0]].get("steps")
-            ratios = [report.sweep_metric(runs[s], L, 2 * h) / report.sweep_metric(runs[s], L, h)
-                      for s in seeds for L in lengths] if h and name not in FEED_FORWARD else []
-            twice = [r for r in ratios if np.isfinite(r)]
+            twice = [r for r in (report.twice_steps_ratio(runs[s], L) for s in seeds for L in lengths)
+                     if np.isfinite(r)] if name not in FEED_FORWARD else []
             rows.append([MODELS[table_model][0].split(" (")[0], cycles, cycles * 1000, ", ".join(map(str, seeds))]
                         + [" / ".join(f"{v:.3f}" for v in per_seed[L]) for L in lengths]
                         + [report.pm(per_seed[L]) for L in lengths]
@@ -722,11 +722,10 @@ def write_report(command: str, memory: dict, setting: Setting):
         if crbp in groups and rbp in groups:
             for name in (crbp, rbp):
                 results = list(groups[name].values())
-                h = results[0]["steps"]
                 penalty_rows.append([MODELS[name][0], trained_iterations(name, groups[name]), len(results)]
                                     + [report.pm([report.test_metric(r, L) for r in results]) for L in (longest, 18)]
-                                    + [report.pm([report.sweep_metric(r, 18, 2 * h) / report.sweep_metric(r, 18, h)
-                                                  for r in results if report.sweep_metric(r, 18, h) > 0], 2)])
+                                    + [report.pm([v for v in (report.twice_steps_ratio(r, 18) for r in results)
+                                                  if np.isfinite(v)], 2)])
     penalty_table = markdown_table(["model", "iterations", "seeds", f"IoU L={longest}", "IoU L=18 (OOD)",
                                     "L=18: IoU at 2x steps / at steps"], penalty_rows)
 

@@ -32,6 +32,14 @@ def sweep_metric(result: Dict, length, steps: int, key: str = "iou") -> float:
     return sweep[steps - 1][key] if sweep and steps <= len(sweep) else float("nan")
 
 
+def twice_steps_ratio(result: Dict, length, key: str = "iou") -> float:
+    """The metric at twice the run's training steps over the one at its steps (the test-time sweep);
+    nan where the sweep does not reach that far or the metric at its steps is 0."""
+    h = result.get("steps")
+    at_h = sweep_metric(result, length, h, key) if h else float("nan")
+    return sweep_metric(result, length, 2 * h, key) / at_h if h and at_h > 0 else float("nan")
+
+
 def curve_values(result: Dict, key: str) -> List[tuple]:
     """[(iteration, value)] of a logged scalar. Detectron2 logs a model's only loss as total_loss
     alone (no loss_* term), so a loss term is read from total_loss in such runs."""

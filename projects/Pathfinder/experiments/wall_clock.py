@@ -17,13 +17,12 @@ import json
 import os
 import statistics
 
-from .experiment import CYCLE, DEFAULT_MODELS, EXPERIMENT, MODEL_OPTS, MODELS, chain
+from .experiment import CYCLE, DEFAULT_MODELS, EXPERIMENT, LONGER_EVALUATION, MODEL_OPTS, MODELS, chain
 from .runs import PROJECT, RESULTS_DIR, Run, execute, load_experiment
 
 WALL_CLOCK = "wall_clock"
 # evaluation only (no trained weight changes): the trained lengths and 18, no validation in between
-EVALUATION = ["PATHFINDER.DATA.TEST_LENGTHS", [6, 10, 14, 18], "PATHFINDER.EVAL.SWEEP_LENGTHS", [14, 18],
-              "TEST.EVAL_PERIOD", 0]
+EVALUATION = LONGER_EVALUATION + ["TEST.EVAL_PERIOD", 0]
 
 
 SPEED = os.path.join(os.path.dirname(os.path.dirname(PROJECT)), "benchmarks", "results",
