@@ -25,14 +25,18 @@ seed) for ITERATIONS more iterations of its own recipe (one cycle, its learning 
 schedule) on every contour of the contour data's train split drawn the same way
 (PATHFINDER.DATA.TRAIN_FOLDERS), then measured again on the val split's contours and on Pathfinder
 (what the contours cost it). Validation during that training is Pathfinder's validation set.
+--cycles K gives each of them K warm-restart cycles of ITERATIONS (<model>_contours<N>x<k>, each from
+the previous cycle's weights, fresh Adam, the same warm-up and cosine schedule, as the experiment's
+further cycles; graph-free steps compiled past the first cycle).
 
     python -m experiments.crossings                        # in projects/Pathfinder; needs the runs' weights
     python -m experiments.crossings --train 400 --scratch SCRATCH   # then measures every run again
+    python -m experiments.crossings --train 1000 --cycles 3 --scratch SCRATCH   # cycles 2 and 3 after the first
     python -m experiments.crossings --new-only             # measures only the runs without a JSON
     python -m experiments.crossings --picture-only         # redraws the picture from the weights
     python -m experiments.crossings --report-only          # from the committed JSON
 
-Writes projects/Pathfinder/results/crossings/<model>_seed<k>.json (and <model>_contours<N>_seed<k>.json),
+Writes projects/Pathfinder/results/crossings/<model>_seed<k>.json (and <model>_contours<N>[x<k>]_seed<k>.json),
 proximity.json, the continued runs under results/crossings_trained/, and
 projects/Pathfinder/results/pathfinder_crossings.md and .png.
 """
@@ -65,6 +69,7 @@ from .runs import RESULTS_DIR, Run, execute_all, experiment_dir, load_experiment
 FOLDER = "crossings"
 TRAINED = "crossings_trained"  # the runs continued on the contours (an experiment folder of results/)
 TRAINED_MODELS = ("crbp_continued_twice_steps64", "bptt8_continued_twice", "cnn_continued_twice")
+GRAPH_FREE = ("crbp_continued_twice_steps64", "rbp_continued_twice")  # compiled forward past the first cycle
 DEFAULT_MODELS = ("crbp_continued_twice_steps64", "rbp_continued_twice", "bptt8_continued_twice", "bptt4_continued_twice",
                   "bptt_continued_twice", "cnn_continued_twice")
 RADII = (0.5, 1.0, 1.5, 2.0, 2.5)  # px: ink pixels up to twice this apart are grouped
@@ -128,19 +133,39 @@ def write_training_set(cfg, folder: str, split: str = "train", images: int = 0) 
     return folder
 
 
+def trained_name(model: str, iterations: int, cycle: int = 1) -> str:
+    """The run of `model` continued on the contours for `cycle` warm-restart cycles of `iterations`."""
+    return f"{model}_contours{iterations}" + (f"x{cycle}" if cycle > 1 else "")
+
+
+def contour_iterations(name: str) -> int:
+    """Iterations a run was trained on the contours in all (0: a model as the experiment trained it)."""
+    _, _, tail = name.partition("_contours")
+    iterations, _, cycles = tail.partition("x")
+    return int(iterations or 0) * int(cycles or 1)
+
+
 def training_runs(models: Sequence[str], seeds: Sequence[int], iterations: int, folder: str, results_dir: str,
-                  extra_opts: Sequence = ()):
-    """One run per model and seed: its one-command config, continued from its experiment weights
-    (`extra_opts` last: e.g. smaller evaluation sets for a smoke run)."""
+                  extra_opts: Sequence = (), cycle: int = 1):
+    """One run per model and seed: its one-command config, one cycle of `iterations` continued from
+    its experiment weights (`cycle` 1) or from its previous cycle on the contours (later cycles,
+    graph-free steps compiled where a model has them, as the experiment's further cycles run);
+    `extra_opts` last: e.g. smaller evaluation sets for a smoke run."""
     runs = []
     for name in models:
         config, opts = ONE_COMMAND[name]
+        start = (os.path.join(experiment_dir(results_dir, EXPERIMENT), name) if cycle == 1 else
+                 os.path.join(experiment_dir(results_dir, TRAINED), trained_name(name, iterations, cycle - 1)))
+        later = ["MODEL.CRBP.FORWARD.COMPILE", True] if cycle > 1 and name in GRAPH_FREE else []
         for seed in seeds:
-            weights = os.path.join(experiment_dir(results_dir, EXPERIMENT), name, f"seed{seed}_model.pth")
+            weights = os.path.join(start, f"seed{seed}_model.pth")
             if not os.path.exists(weights):
-                raise FileNotFoundError(f"{name} seed {seed} is continued from its experiment weights {weights}, which "
-                                        f"are missing: python -m experiments.experiment --models {name} --seeds {seed}")
-            runs.append(Run(TRAINED, f"{name}_contours{iterations}", seed, config, list(MODEL_OPTS.get(name, [])) + list(opts) + [
+                how = (f"python -m experiments.experiment --models {name} --seeds {seed}" if cycle == 1 else
+                       f"python -m experiments.crossings --train {iterations} --cycles {cycle - 1} --seeds {seed}")
+                raise FileNotFoundError(f"{trained_name(name, iterations, cycle)} seed {seed} is continued from the "
+                                        f"weights {weights}, which are missing: {how}")
+            runs.append(Run(TRAINED, trained_name(name, iterations, cycle), seed, config, list(MODEL_OPTS.get(name, []))
+                            + list(opts) + later + [
                 "PATHFINDER.CYCLES", 1, "SOLVER.MAX_ITER", iterations, "MODEL.WEIGHTS", project_relative(weights),
                 "PATHFINDER.DATA.TRAIN_FOLDERS", repr([os.path.abspath(folder)]),
                 "PATHFINDER.DATA.TEST_LENGTHS", repr(list(PATHFINDER_LENGTHS)),
@@ -246,8 +271,10 @@ def load(results_dir: str):
 
 def run_label(name: str) -> str:
     """The table's label of an experiment model, or of one continued on the contours."""
-    base, _, iterations = name.partition("_contours")
-    return MODELS[base][0] + (f", then {iterations} iterations on contours" if iterations else "")
+    base, _, tail = name.partition("_contours")
+    iterations, _, cycles = tail.partition("x")
+    return MODELS[base][0] + (f", then {iterations} iterations on contours" if iterations and not cycles else "") + (
+        f", then {cycles} x {iterations} iterations on contours" if cycles else "")
 
 
 def _cell(values, digits=3):
@@ -268,9 +295,9 @@ def report_rows(runs: Dict[str, List[Dict]], proximity) -> List[List[str]]:
             _cell([c["crossing"]["other_contours"] for c in contours])]
 
     def order(name):
-        base, _, iterations = name.partition("_contours")
-        return (bool(iterations), DEFAULT_MODELS.index(base) if base in DEFAULT_MODELS else len(DEFAULT_MODELS),
-                int(iterations or 0), name)
+        base = name.partition("_contours")[0]
+        return (contour_iterations(name) > 0, DEFAULT_MODELS.index(base) if base in DEFAULT_MODELS else len(DEFAULT_MODELS),
+                contour_iterations(name), name)
 
     rows = [row(run_label(m), ", ".join(str(r["seed"]) for r in runs[m]), runs[m]) for m in sorted(runs, key=order)]
     rows += [row(f"flood, radius {r}", "-", [v]) for r, v in proximity["radii"].items()]
@@ -374,9 +401,10 @@ def record_measurement(args, contours, pathfinder, gen: PathfinderConfig, comman
 
 
 def picture_order(item):
-    """Zero-shot first, then by iterations on the contours."""
-    _, _, iterations = item[0].partition(", then ")
-    return int(iterations.split()[0]) if iterations else 0
+    """Zero-shot first, then by iterations on the contours (labels "..., then [K x ]N iterations ...")."""
+    _, _, then = item[0].partition(", then ")
+    words = then.split()
+    return 0 if not words else int(words[0]) * int(words[2]) if words[1] == "x" else int(words[0])
 
 
 def main(argv=None):
@@ -388,6 +416,8 @@ def main(argv=None):
     p.add_argument("--count", type=int, default=300, help="Pathfinder test samples per length")
     p.add_argument("--train", type=int, default=0, metavar="ITERATIONS",
                    help="first continue TRAINED_MODELS (--trained-models) on the train split's contours")
+    p.add_argument("--cycles", type=int, default=1,
+                   help="with --train: warm-restart cycles of ITERATIONS, each from the previous one's weights")
     p.add_argument("--trained-models", nargs="+", default=list(TRAINED_MODELS), choices=list(ONE_COMMAND))
     p.add_argument("--train-images", type=int, default=0, help="contour images trained on (0: the whole train split)")
     p.add_argument("--scratch", default="", help="the continued runs' output folders (with --train)")
@@ -411,8 +441,9 @@ def main(argv=None):
             raise SystemExit("--train needs --scratch (where the runs write their checkpoints)")
         cfg = setting.cfg(args.trained_models[0])
         folder = write_training_set(cfg, os.path.join(args.scratch, "contours_train"), images=args.train_images)
-        execute_all(training_runs(args.trained_models, args.seeds, args.train, folder, args.results, args.opts),
-                    args.scratch, args.workers, keep_weights=lambda run: True)
+        for cycle in range(1, args.cycles + 1):  # the runs of a cycle exist already: execute skips them
+            execute_all(training_runs(args.trained_models, args.seeds, args.train, folder, args.results, args.opts, cycle),
+                        args.scratch, args.workers, keep_weights=lambda run: True)
     data = {}  # per Pathfinder drawing: (contour samples, Pathfinder samples)
     pictured: Dict[str, np.ndarray] = {}
     data_written = False

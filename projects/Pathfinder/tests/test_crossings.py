@@ -204,3 +204,31 @@ def test_models_continued_on_the_contours_are_measured_beside_the_experiments(tm
     report = (results / "pathfinder_crossings.md").read_text()
     assert "CNN, parameter-matched (cnn.yaml), then 2 iterations on contours" in report
     assert (results / "pathfinder_crossings.png").stat().st_size > 10000
+
+
+def test_later_cycles_on_the_contours_continue_the_previous_cycle(tmp_path):
+    """--cycles: cycle k of a model starts from cycle k - 1's weights (cycle 1 from the experiment's),
+    graph-free models compile their steps past the first cycle, and a missing start names its command."""
+    from experiments.crossings import (EXPERIMENT, TRAINED, contour_iterations, run_label, trained_name,
+                                       training_runs)
+
+    for experiment, name in ((EXPERIMENT, "crbp_continued_twice_steps64"), (EXPERIMENT, "bptt8_continued_twice"),
+                             (TRAINED, "crbp_continued_twice_steps64_contours5"),
+                             (TRAINED, "bptt8_continued_twice_contours5")):
+        (tmp_path / experiment / name).mkdir(parents=True)
+        (tmp_path / experiment / name / "seed1_model.pth").write_bytes(b"")
+    models = ["crbp_continued_twice_steps64", "bptt8_continued_twice"]
+    first, second = (training_runs(models, [1], 5, str(tmp_path / "set"), str(tmp_path), cycle=c) for c in (1, 2))
+    assert [r.name for r in second] == ["crbp_continued_twice_steps64_contours5x2", "bptt8_continued_twice_contours5x2"]
+    for earlier, later in zip(first, second):
+        start = later.opts[later.opts.index("MODEL.WEIGHTS") + 1]
+        assert start.endswith(os.path.join(TRAINED, earlier.name, "seed1_model.pth"))
+        assert later.opts[later.opts.index("SOLVER.MAX_ITER") + 1] == 5
+    assert "MODEL.CRBP.FORWARD.COMPILE" in second[0].opts and "MODEL.CRBP.FORWARD.COMPILE" not in second[1].opts
+    assert not any("MODEL.CRBP.FORWARD.COMPILE" in r.opts for r in first)
+    with pytest.raises(FileNotFoundError, match="--train 5 --cycles 2"):
+        training_runs(models[:1], [1], 5, str(tmp_path / "set"), str(tmp_path), cycle=3)
+    assert trained_name(models[0], 5, 3) == "crbp_continued_twice_steps64_contours5x3"
+    assert [contour_iterations(n) for n in ("cnn_continued_twice", "cnn_continued_twice_contours400",
+                                            "cnn_continued_twice_contours1000x3")] == [0, 400, 3000]
+    assert run_label("cnn_continued_twice_contours1000x3").endswith(", then 3 x 1000 iterations on contours")
