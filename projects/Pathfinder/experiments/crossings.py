@@ -25,20 +25,23 @@ seed) for ITERATIONS more iterations of its own recipe (one cycle, its learning 
 schedule) on every contour of the contour data's train split drawn the same way
 (PATHFINDER.DATA.TRAIN_FOLDERS), then measured again on the val split's contours and on Pathfinder
 (what the contours cost it). Validation during that training is Pathfinder's validation set.
---cycles K gives each of them K warm-restart cycles of ITERATIONS (<model>_contours<N>x<k>, each from
-the previous cycle's weights, fresh Adam, the same warm-up and cosine schedule, as the experiment's
-further cycles; graph-free steps compiled past the first cycle).
+--cycles K gives each of them K warm-restart cycles of ITERATIONS (<model>_contours<N>x<k>, each
+from the previous cycle's weights, fresh Adam, the same warm-up and cosine schedule, as the
+experiment's further cycles; graph-free steps compiled past the first cycle). --cue box draws the
+contours, for training and measuring, with the target's box in place of the marker (runs
+<model>_boxed<N>[x<k>]; the report's section "The box as the cue").
 
     python -m experiments.crossings                        # in projects/Pathfinder; needs the runs' weights
     python -m experiments.crossings --train 400 --scratch SCRATCH   # then measures every run again
-    python -m experiments.crossings --train 1000 --cycles 3 --scratch SCRATCH   # cycles 2 and 3 after the first
+    python -m experiments.crossings --train 1000 --cycles 2 --scratch SCRATCH   # a second cycle after the first
+    python -m experiments.crossings --train 1000 --cycles 2 --cue box --scratch SCRATCH   # the box as the cue
     python -m experiments.crossings --new-only             # measures only the runs without a JSON
     python -m experiments.crossings --picture-only         # redraws the picture from the weights
     python -m experiments.crossings --report-only          # from the committed JSON
 
-Writes projects/Pathfinder/results/crossings/<model>_seed<k>.json (and <model>_contours<N>[x<k>]_seed<k>.json),
-proximity.json, the continued runs under results/crossings_trained/, and
-projects/Pathfinder/results/pathfinder_crossings.md and .png.
+Writes projects/Pathfinder/results/crossings/<model>_seed<k>.json (and <model>_{contours,boxed}<N>[x<k>]_seed<k>.json),
+proximity[_box].json, the continued runs under results/crossings_trained/, and
+projects/Pathfinder/results/pathfinder_crossings.md, .png and _box.png.
 """
 import argparse
 import json
@@ -70,6 +73,23 @@ FOLDER = "crossings"
 TRAINED = "crossings_trained"  # the runs continued on the contours (an experiment folder of results/)
 TRAINED_MODELS = ("crbp_continued_twice_steps64", "bptt8_continued_twice", "cnn_continued_twice")
 GRAPH_FREE = ("crbp_continued_twice_steps64", "rbp_continued_twice")  # compiled forward past the first cycle
+# What tells a model its target: "marker", Pathfinder's dot at the target's first end (an oracle);
+# "box", the target's box alone (what a mask head is given): no dot, and every pixel outside the box
+# at BOX_DIM of its intensity. Runs trained on a cue are named <model>_<RUN_PREFIX[cue]><N>[x<k>].
+CUES = ("marker", "box")
+RUN_PREFIX = {"marker": "contours", "box": "boxed"}
+BOX_DIM = 0.4
+BOX_SECTION = """\
+The marker is an oracle: a panoptic model's mask head is given a box, not a start. With the box as
+the only cue (--cue box: no dot; every pixel outside the target's box at 0.4 of its intensity) the
+task stays a grouping task: the target lies wholly inside its box and a contour that crosses it
+leaves the box, so the target is the ink inside the box that is not connected, along a contour, to
+ink outside it. Taking all ink inside the box does not group (about half the IoU on crossing
+contours); removing the contours that leave the box (ground truth) is the most the cue allows (it
+cannot tell a contour lying wholly inside the box); the flood from the ink outside the box is
+grouping by nearness, which at a crossing removes the target too. The models are continued from
+their experiment weights as with the marker (--train N --cycles K --cue box), so they start as
+tracers of a dot and must learn to trace from the box's outside inwards and keep the rest."""
 DEFAULT_MODELS = ("crbp_continued_twice_steps64", "rbp_continued_twice", "bptt8_continued_twice", "bptt4_continued_twice",
                   "bptt_continued_twice", "cnn_continued_twice")
 RADII = (0.5, 1.0, 1.5, 2.0, 2.5)  # px: ink pixels up to twice this apart are grouped
@@ -80,27 +100,47 @@ PICTURE_RADIUS = 1.5
 
 
 # ----------------------------------------------------------------------------- the data
-def pathfinder_drawing(strokes: Strokes, count: int, target: int, gen: PathfinderConfig, scale: float) -> Dict:
+def pathfinder_drawing(strokes: Strokes, count: int, target: int, gen: PathfinderConfig, scale: float,
+                       cue: str = "marker") -> Dict:
     """The `count` contours of `strokes` (path ids 0 .. count-1) scaled by `scale` onto the
-    generator's canvas with its stroke radius, and its marker dot at the target's first end.
+    generator's canvas with its stroke radius, and the target's cue (CUES): its marker dot at its
+    first end, or its box (every pixel outside it dimmed to BOX_DIM).
 
     Returns {"image": uint8 [S, S], "masks": bool [count, S, S] (the target's with its marker),
-    "marker": (x, y)}: what generate_sample returns for a Pathfinder sample."""
+    "marker": (x, y) or None, "box": (x0, y0, x1, y1) of the target's pixels, inclusive, or None}:
+    with the marker, what generate_sample returns for a Pathfinder sample."""
+    if cue not in CUES:
+        raise ValueError(f"cue must be one of {CUES}, got {cue!r}")
     canvas = Strokes(gen.size, pad=max(gen.stroke_radius, gen.marker_radius) + 1.0)
     for path in range(count):
         own = strokes.path == path
         canvas.add(strokes.a[own] * scale, strokes.b[own] * scale, gen.stroke_radius, path, 0)
-    marker = strokes.a[np.flatnonzero(strokes.path == target)[0]] * scale
-    canvas.add(marker, marker, gen.marker_radius, target, -1)
+    marker, box = None, None
+    if cue == "marker":
+        marker = strokes.a[np.flatnonzero(strokes.path == target)[0]] * scale
+        canvas.add(marker, marker, gen.marker_radius, target, -1)
     coverage = np.stack([np.clip(0.5 - canvas.fields[p], 0.0, 1.0) for p in range(count)])
-    return {"image": np.round(coverage.max(0) * 255).astype(np.uint8), "masks": coverage >= 0.5, "marker": marker}
+    image, masks = coverage.max(0), coverage >= 0.5
+    if cue == "box":
+        ys, xs = np.nonzero(masks[target])
+        box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+        image = np.where(inside_box(box, image.shape), image, BOX_DIM * image)
+    return {"image": np.round(image * 255).astype(np.uint8), "masks": masks, "marker": marker, "box": box}
+
+
+def inside_box(box, shape) -> np.ndarray:
+    """bool `shape`: the pixels of the inclusive box (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    inside = np.zeros(shape, bool)
+    inside[y0:y1 + 1, x0:x1 + 1] = True
+    return inside
 
 
 def contour_samples(gen: PathfinderConfig, split: str = "val", params: ContourParams = ContourParams(),
-                    count: int = 0) -> List[Dict]:
+                    count: int = 0, cue: str = "marker") -> List[Dict]:
     """Every contour of the first `count` images (0: all) of the contour data's `split` as a
-    Pathfinder target. Each: {"image", "masks", "marker", "target", "crossing": indices of the
-    contours crossing the target, "group", "key": "image/contour"}."""
+    Pathfinder target with its `cue`. Each: {"image", "masks", "marker", "box", "target", "crossing":
+    indices of the contours crossing the target, "group", "key": "image/contour"}."""
     images = count or getattr(params, f"{split}_images")
     samples = []
     for index in range(images):
@@ -110,61 +150,72 @@ def contour_samples(gen: PathfinderConfig, split: str = "val", params: ContourPa
             crosses[i].add(j)
             crosses[j].add(i)
         for target in range(len(paths)):
-            drawn = pathfinder_drawing(strokes, len(paths), target, gen, gen.size / params.image_size)
+            drawn = pathfinder_drawing(strokes, len(paths), target, gen, gen.size / params.image_size, cue)
             samples.append(dict(drawn, target=target, crossing=sorted(crosses[target]),
                                 group="crossing" if crosses[target] else "single", key=f"{index}/{target}"))
     return samples
 
 
-def write_training_set(cfg, folder: str, split: str = "train", images: int = 0) -> str:
+def write_training_set(cfg, folder: str, split: str = "train", images: int = 0, cue: str = "marker") -> str:
     """Every contour of the first `images` (0: all) of the contour data's `split` drawn as a
-    Pathfinder target (contour_samples), written as a prepared set for PATHFINDER.DATA.TRAIN_FOLDERS,
-    unless `folder` holds it already."""
+    Pathfinder target with its `cue` (contour_samples), written as a prepared set for
+    PATHFINDER.DATA.TRAIN_FOLDERS, unless `folder` holds it already."""
     from pathfinder.generator import load_manifest, write_prepared
 
     gen = generator_config(cfg, PATHFINDER_LENGTHS[0], "train")
     source = {"contours": split, "images": images, "params": ContourParams().__dict__,
-              "scale": gen.size / ContourParams().image_size}
+              "scale": gen.size / ContourParams().image_size, **({"cue": cue, "box_dim": BOX_DIM} if cue != "marker" else {})}
     manifest = load_manifest(folder)
     if manifest is None or manifest.get("source") != source or manifest["config"] != gen.to_dict():
-        samples = contour_samples(gen, split, count=images)
+        samples = contour_samples(gen, split, count=images, cue=cue)
         write_prepared(folder, gen, np.stack([s["image"] for s in samples]),
                        np.stack([s["masks"][s["target"]] for s in samples]), source)
     return folder
 
 
-def trained_name(model: str, iterations: int, cycle: int = 1) -> str:
-    """The run of `model` continued on the contours for `cycle` warm-restart cycles of `iterations`."""
-    return f"{model}_contours{iterations}" + (f"x{cycle}" if cycle > 1 else "")
+def trained_name(model: str, iterations: int, cycle: int = 1, cue: str = "marker") -> str:
+    """The run of `model` continued on the contours with `cue` for `cycle` warm-restart cycles of `iterations`."""
+    return f"{model}_{RUN_PREFIX[cue]}{iterations}" + (f"x{cycle}" if cycle > 1 else "")
+
+
+def parse_name(name: str):
+    """(experiment model, cue or None, iterations per cycle, cycles) of a run's name (trained_name)."""
+    for cue, prefix in RUN_PREFIX.items():
+        model, found, tail = name.partition("_" + prefix)
+        if found:
+            iterations, _, cycles = tail.partition("x")
+            return model, cue, int(iterations), int(cycles or 1)
+    return name, None, 0, 0
 
 
 def contour_iterations(name: str) -> int:
     """Iterations a run was trained on the contours in all (0: a model as the experiment trained it)."""
-    _, _, tail = name.partition("_contours")
-    iterations, _, cycles = tail.partition("x")
-    return int(iterations or 0) * int(cycles or 1)
+    _, _, iterations, cycles = parse_name(name)
+    return iterations * cycles
 
 
 def training_runs(models: Sequence[str], seeds: Sequence[int], iterations: int, folder: str, results_dir: str,
-                  extra_opts: Sequence = (), cycle: int = 1):
-    """One run per model and seed: its one-command config, one cycle of `iterations` continued from
-    its experiment weights (`cycle` 1) or from its previous cycle on the contours (later cycles,
-    graph-free steps compiled where a model has them, as the experiment's further cycles run);
-    `extra_opts` last: e.g. smaller evaluation sets for a smoke run."""
+                  extra_opts: Sequence = (), cycle: int = 1, cue: str = "marker"):
+    """One run per model and seed: its one-command config, one cycle of `iterations` on the set in
+    `folder` (drawn with `cue`), continued from its experiment weights (`cycle` 1) or from its
+    previous cycle (later cycles); graph-free steps compiled where a model has them, as the
+    experiment's further cycles run, except in the first cycle with the marker (those runs were
+    made before); `extra_opts` last: e.g. smaller evaluation sets for a smoke run."""
     runs = []
     for name in models:
         config, opts = ONE_COMMAND[name]
         start = (os.path.join(experiment_dir(results_dir, EXPERIMENT), name) if cycle == 1 else
-                 os.path.join(experiment_dir(results_dir, TRAINED), trained_name(name, iterations, cycle - 1)))
-        later = ["MODEL.CRBP.FORWARD.COMPILE", True] if cycle > 1 and name in GRAPH_FREE else []
+                 os.path.join(experiment_dir(results_dir, TRAINED), trained_name(name, iterations, cycle - 1, cue)))
+        later = (["MODEL.CRBP.FORWARD.COMPILE", True] if name in GRAPH_FREE and (cycle > 1 or cue != "marker") else [])
         for seed in seeds:
             weights = os.path.join(start, f"seed{seed}_model.pth")
             if not os.path.exists(weights):
                 how = (f"python -m experiments.experiment --models {name} --seeds {seed}" if cycle == 1 else
-                       f"python -m experiments.crossings --train {iterations} --cycles {cycle - 1} --seeds {seed}")
-                raise FileNotFoundError(f"{trained_name(name, iterations, cycle)} seed {seed} is continued from the "
+                       f"python -m experiments.crossings --train {iterations} --cycles {cycle - 1} --cue {cue} "
+                       f"--seeds {seed}")
+                raise FileNotFoundError(f"{trained_name(name, iterations, cycle, cue)} seed {seed} is continued from the "
                                         f"weights {weights}, which are missing: {how}")
-            runs.append(Run(TRAINED, trained_name(name, iterations, cycle), seed, config, list(MODEL_OPTS.get(name, []))
+            runs.append(Run(TRAINED, trained_name(name, iterations, cycle, cue), seed, config, list(MODEL_OPTS.get(name, []))
                             + list(opts) + later + [
                 "PATHFINDER.CYCLES", 1, "SOLVER.MAX_ITER", iterations, "MODEL.WEIGHTS", project_relative(weights),
                 "PATHFINDER.DATA.TRAIN_FOLDERS", repr([os.path.abspath(folder)]),
@@ -196,6 +247,34 @@ def proximity_flood(image: np.ndarray, marker, radius: float) -> np.ndarray:
     _, labels = cv2.connectedComponents((distance <= radius).astype(np.uint8), connectivity=8)
     x, y = (int(v) for v in np.floor(marker))
     return (labels == labels[y, x]) & ink
+
+
+def box_ink(image: np.ndarray, box):
+    """(inside the box, ink) of a box-cue drawing: pixels >= half intensity, outside the box half of
+    the dimmed intensity."""
+    inside = inside_box(box, image.shape)
+    return inside, image >= np.where(inside, 128, round(128 * BOX_DIM))
+
+
+def box_flood(image: np.ndarray, box, radius: float) -> np.ndarray:
+    """The ink inside the box that is not connected to ink outside it when every ink pixel is grown
+    by a disc of `radius` px: grouping by nearness from the box's cue (other contours leave the box,
+    the target does not). radius None: all ink inside the box (no grouping)."""
+    inside, ink = box_ink(image, box)
+    if radius is None:
+        return ink & inside
+    distance = cv2.distanceTransform((~ink).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    _, labels = cv2.connectedComponents((distance <= radius).astype(np.uint8), connectivity=8)
+    leaving = np.unique(labels[ink & ~inside])
+    return ink & inside & ~np.isin(labels, leaving[leaving > 0])
+
+
+def box_grouping_bound(sample: Dict) -> np.ndarray:
+    """A perfect grouping of the box cue: the ink inside the box less every contour that leaves it
+    (the ground truth's contours; one that lies wholly inside the box stays, as no cue tells it apart)."""
+    inside, ink = box_ink(sample["image"], sample["box"])
+    leaving = [m for m in sample["masks"] if (m & ~inside).any()]
+    return ink & inside & ~np.any(leaving, axis=0) if leaving else ink & inside
 
 
 @torch.no_grad()
@@ -241,29 +320,42 @@ def write_json(path: str, data: Dict):
 
 
 def flood_predictions(samples: Sequence[Dict], radius: float) -> np.ndarray:
-    """bool [N, S, S]: proximity_flood from each sample's marker."""
-    return np.stack([proximity_flood(s["image"], s["marker"], radius) for s in samples])
+    """bool [N, S, S]: proximity_flood from each sample's marker, or box_flood from its box."""
+    return np.stack([proximity_flood(s["image"], s["marker"], radius) if s["marker"] is not None else
+                     box_flood(s["image"], s["box"], radius) for s in samples])
 
 
 def measure_proximity(contours, pathfinder) -> Dict:
-    return {"radii": {str(r): {"contours": grouping_metrics(contours, flood_predictions(contours, r)),
-                               "pathfinder": grouping_metrics(pathfinder, flood_predictions(pathfinder, r))}
-                      for r in RADII}}
+    """The flood at every radius on both data sets; with the box cue also all ink inside the box and
+    the box's grouping bound (on the contours only: Pathfinder's samples carry the marker)."""
+    out = {"radii": {str(r): {"contours": grouping_metrics(contours, flood_predictions(contours, r)),
+                              "pathfinder": grouping_metrics(pathfinder, flood_predictions(pathfinder, r))}
+                     for r in RADII}}
+    if contours and contours[0]["box"] is not None:
+        out["in_box"] = {"contours": grouping_metrics(contours, flood_predictions(contours, None))}
+        out["bound"] = {"contours": grouping_metrics(contours, np.stack([box_grouping_bound(s) for s in contours]))}
+    return out
 
 
 # ----------------------------------------------------------------------------- the report
+def proximity_name(cue: str) -> str:
+    """The JSON (without .json) of the proximity predictors on the contours drawn with `cue`."""
+    return "proximity" if cue == "marker" else f"proximity_{cue}"
+
+
 def load(results_dir: str):
-    """({model: [runs in seed order]}, the proximity results or None) from the committed JSON."""
+    """({model: [runs in seed order]}, {cue: its proximity results}) from the committed JSON."""
     folder = os.path.join(results_dir, FOLDER)
     runs: Dict[str, List[Dict]] = {}
-    proximity = None
+    proximity = {}
+    names = {proximity_name(cue) + ".json": cue for cue in CUES}
     for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         if not f.endswith(".json"):
             continue
         with open(os.path.join(folder, f)) as fh:
             data = json.load(fh)
-        if f == "proximity.json":
-            proximity = data
+        if f in names:
+            proximity[names[f]] = data
         else:
             runs.setdefault(data["model"], []).append(data)
     return {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in runs.items()}, proximity
@@ -271,58 +363,79 @@ def load(results_dir: str):
 
 def run_label(name: str) -> str:
     """The table's label of an experiment model, or of one continued on the contours."""
-    base, _, tail = name.partition("_contours")
-    iterations, _, cycles = tail.partition("x")
-    return MODELS[base][0] + (f", then {iterations} iterations on contours" if iterations and not cycles else "") + (
-        f", then {cycles} x {iterations} iterations on contours" if cycles else "")
+    model, cue, iterations, cycles = parse_name(name)
+    if cue is None:
+        return MODELS[model][0]
+    drawn = "contours" if cue == "marker" else "boxed contours"
+    return MODELS[model][0] + (f", then {cycles} x {iterations}" if cycles > 1 else f", then {iterations}") + (
+        f" iterations on {drawn}")
 
 
 def _cell(values, digits=3):
-    mean, std = mean_std(values)
-    if mean != mean:
+    values = [v for v in values if v is not None]
+    if not values:
         return "-"
+    mean, std = mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def report_rows(runs: Dict[str, List[Dict]], proximity) -> List[List[str]]:
-    """One row per model (mean ± std over its seeds, the seeds listed) and per proximity radius."""
+    """One row per model (mean ± std over its seeds, the seeds listed) and per proximity predictor
+    (with the box cue: all ink inside the box and the box's grouping bound first)."""
     def row(label, seeds, results):
         contours = [r["contours"] for r in results]
-        pathfinder = [r["pathfinder"] for r in results]
-        return [label, seeds] + [_cell([p[f"L{n}"]["iou"] for p in pathfinder]) for n in PATHFINDER_LENGTHS] + [
+        pathfinder = [r.get("pathfinder", {}) for r in results]
+        return [label, seeds] + [_cell([p.get(f"L{n}", {}).get("iou") for p in pathfinder])
+                                 for n in PATHFINDER_LENGTHS] + [
             _cell([c[g]["iou"] for c in contours]) for g in GROUPS] + [
             _cell([c["crossing"]["own"] for c in contours]), _cell([c["crossing"]["crossing_contours"] for c in contours]),
             _cell([c["crossing"]["other_contours"] for c in contours])]
 
     def order(name):
-        base = name.partition("_contours")[0]
+        base = parse_name(name)[0]
         return (contour_iterations(name) > 0, DEFAULT_MODELS.index(base) if base in DEFAULT_MODELS else len(DEFAULT_MODELS),
                 contour_iterations(name), name)
 
     rows = [row(run_label(m), ", ".join(str(r["seed"]) for r in runs[m]), runs[m]) for m in sorted(runs, key=order)]
+    if "in_box" in proximity:
+        rows += [row("all ink inside the box (no grouping)", "-", [proximity["in_box"]]),
+                 row("the box's grouping bound (contours that leave the box removed, ground truth)", "-",
+                     [proximity["bound"]])]
     rows += [row(f"flood, radius {r}", "-", [v]) for r, v in proximity["radii"].items()]
     return rows
 
 
 def write_report(results_dir: str) -> str:
-    """The report from the committed JSON, with the command that measured them."""
+    """The report from the committed JSON, with the commands that measured them: one table per cue."""
     runs, proximity = load(results_dir)
-    if not proximity:
+    if "marker" not in proximity:
         raise SystemExit(f"nothing to report: no proximity.json in {os.path.join(results_dir, FOLDER)}")
-    commands = "\n".join(proximity["commands"])
-    n = {g: proximity["radii"][str(RADII[0])]["contours"][g]["n"] for g in GROUPS}
-    table = markdown_table(
-        ["predictor", "seeds"] + [f"Pathfinder IoU, {k} paddles" for k in PATHFINDER_LENGTHS] +
-        [f"contours IoU, {g} ({n[g]})" for g in GROUPS] +
-        ["crossing: own pixels predicted", "crossing contours' pixels predicted", "other contours' pixels predicted"],
-        report_rows(runs, proximity))
+    commands = "\n".join(c for cue in CUES if cue in proximity for c in proximity[cue]["commands"])
+
+    def table(cue):
+        n = {g: proximity[cue]["radii"][str(RADII[0])]["contours"][g]["n"] for g in GROUPS}
+        of_cue = {m: r for m, r in runs.items() if (parse_name(m)[1] or "marker") == cue}
+        return markdown_table(
+            ["predictor", "seeds"] + [f"Pathfinder IoU, {k} paddles" for k in PATHFINDER_LENGTHS] +
+            [f"contours IoU, {g} ({n[g]})" for g in GROUPS] +
+            ["crossing: own pixels predicted", "crossing contours' pixels predicted", "other contours' pixels predicted"],
+            report_rows(of_cue, proximity[cue]))
+
     md = os.path.join(results_dir, "pathfinder_crossings.md")
-    picture = "pathfinder_crossings.png"
+    pictures = {cue: picture_name(cue) for cue in CUES if os.path.exists(os.path.join(results_dir, picture_name(cue)))}
+    text = (f"# Pathfinder's tracers on crossing contours\n\nProduced by (in projects/Pathfinder):\n\n```\n{commands}\n```\n\n"
+            f"{__doc__.split(chr(10) + chr(10) + '    python')[0]}\n\n{table('marker')}\n\n"
+            + (f"![crossings]({pictures['marker']})\n" if "marker" in pictures else ""))
+    if "box" in proximity:
+        text += (f"\n## The box as the cue\n\n{BOX_SECTION}\n\n{table('box')}\n\n"
+                 + (f"![crossings, the box as the cue]({pictures['box']})\n" if "box" in pictures else ""))
     with open(md, "w") as f:
-        f.write(f"# Pathfinder's tracers on crossing contours\n\nProduced by (in projects/Pathfinder):\n\n```\n{commands}\n```\n\n"
-                f"{__doc__.split(chr(10) + chr(10) + '    python')[0]}\n\n{table}\n\n"
-                + (f"![crossings]({picture})\n" if os.path.exists(os.path.join(results_dir, picture)) else ""))
+        f.write(text)
     return md
+
+
+def picture_name(cue: str) -> str:
+    return "pathfinder_crossings.png" if cue == "marker" else f"pathfinder_crossings_{cue}.png"
 
 
 def write_picture(path: str, samples: Sequence[Dict], columns: Dict[str, np.ndarray]):
@@ -330,7 +443,8 @@ def write_picture(path: str, samples: Sequence[Dict], columns: Dict[str, np.ndar
     whose pixels it covers."""
     plt = headless_pyplot()
     rows = [i for i, s in enumerate(samples) if s["group"] == "crossing"][:PICTURE_SAMPLES]
-    titles = [textwrap.fill(t, 24) for t in ["input (marker: the dot)", "label"] + list(columns)]
+    given = "marker: the dot" if samples[rows[0]]["marker"] is not None else "the box: outside it dimmed"
+    titles = [textwrap.fill(t, 24) for t in [f"input ({given})", "label"] + list(columns)]
     fig, axes = plt.subplots(len(rows), len(titles), figsize=(2.1 * len(titles), 2.2 * len(rows)), squeeze=False)
     for r, i in enumerate(rows):
         s = samples[i]
@@ -366,12 +480,13 @@ def measured_models(args) -> List[tuple]:
     return out
 
 
-def drawn_samples(data: Dict, cfg, args):
-    """(contour samples, Pathfinder samples) as the run's config draws them, made once per drawing."""
+def drawn_samples(data: Dict, cfg, args, cue: str = "marker"):
+    """(contour samples with `cue`, Pathfinder samples) as the run's config draws them, made once per
+    drawing and cue."""
     gen = generator_config(cfg, PATHFINDER_LENGTHS[0])
-    key = json.dumps(gen.to_dict(), sort_keys=True)
+    key = json.dumps([gen.to_dict(), cue], sort_keys=True)
     if key not in data:
-        data[key] = (contour_samples(gen, args.split, count=args.images),
+        data[key] = (contour_samples(gen, args.split, count=args.images, cue=cue),
                      [s for n in PATHFINDER_LENGTHS for s in pathfinder_samples(cfg, n, args.count)])
     return data[key]
 
@@ -388,10 +503,10 @@ def measure_run(model, cfg, contours, pathfinder, record: Dict, results_dir: str
     return on_contours
 
 
-def record_measurement(args, contours, pathfinder, gen: PathfinderConfig, command: str):
-    """proximity.json: the proximity predictor's results and the commands that measured the runs
-    (--new-only adds its command to the earlier ones)."""
-    path = result_path(args.results, "proximity")
+def record_measurement(args, contours, pathfinder, gen: PathfinderConfig, command: str, cue: str = "marker"):
+    """proximity.json (proximity_<cue>.json): the proximity predictors' results on the contours drawn
+    with `cue` and the commands that measured the runs (--new-only adds its command to the earlier ones)."""
+    path = result_path(args.results, proximity_name(cue))
     if args.new_only and os.path.exists(path):
         with open(path) as f:
             earlier = json.load(f)
@@ -400,11 +515,10 @@ def record_measurement(args, contours, pathfinder, gen: PathfinderConfig, comman
         write_json(path, dict(measure_proximity(contours, pathfinder), generator=gen.to_dict(), commands=[command]))
 
 
-def picture_order(item):
-    """Zero-shot first, then by iterations on the contours (labels "..., then [K x ]N iterations ...")."""
-    _, _, then = item[0].partition(", then ")
-    words = then.split()
-    return 0 if not words else int(words[0]) * int(words[2]) if words[1] == "x" else int(words[0])
+def picture_order(name: str):
+    """Zero-shot first, then by iterations on the contours, then the table's order of models."""
+    model = parse_name(name)[0]
+    return contour_iterations(name), DEFAULT_MODELS.index(model) if model in DEFAULT_MODELS else len(DEFAULT_MODELS)
 
 
 def main(argv=None):
@@ -418,6 +532,8 @@ def main(argv=None):
                    help="first continue TRAINED_MODELS (--trained-models) on the train split's contours")
     p.add_argument("--cycles", type=int, default=1,
                    help="with --train: warm-restart cycles of ITERATIONS, each from the previous one's weights")
+    p.add_argument("--cue", choices=CUES, default="marker",
+                   help="with --train: what the contours drawn for training tell of the target (CUES)")
     p.add_argument("--trained-models", nargs="+", default=list(TRAINED_MODELS), choices=list(ONE_COMMAND))
     p.add_argument("--train-images", type=int, default=0, help="contour images trained on (0: the whole train split)")
     p.add_argument("--scratch", default="", help="the continued runs' output folders (with --train)")
@@ -440,36 +556,48 @@ def main(argv=None):
         if not args.scratch:
             raise SystemExit("--train needs --scratch (where the runs write their checkpoints)")
         cfg = setting.cfg(args.trained_models[0])
-        folder = write_training_set(cfg, os.path.join(args.scratch, "contours_train"), images=args.train_images)
+        folder = write_training_set(cfg, os.path.join(args.scratch, f"{RUN_PREFIX[args.cue]}_train"),
+                                    images=args.train_images, cue=args.cue)
         for cycle in range(1, args.cycles + 1):  # the runs of a cycle exist already: execute skips them
-            execute_all(training_runs(args.trained_models, args.seeds, args.train, folder, args.results, args.opts, cycle),
-                        args.scratch, args.workers, keep_weights=lambda run: True)
-    data = {}  # per Pathfinder drawing: (contour samples, Pathfinder samples)
-    pictured: Dict[str, np.ndarray] = {}
-    data_written = False
+            execute_all(training_runs(args.trained_models, args.seeds, args.train, folder, args.results, args.opts, cycle,
+                                      args.cue), args.scratch, args.workers, keep_weights=lambda run: True)
+    data = {}  # per Pathfinder drawing and cue: (contour samples, Pathfinder samples)
+    pictured: Dict[str, Dict[str, np.ndarray]] = {cue: {} for cue in CUES}  # cue: {run name: its masks}
+    written = set()  # cues whose proximity JSON this call wrote
     for experiment, name, seed, found, weights in measured_models(args):
-        in_picture = seed == args.seeds[0] and (name == DEFAULT_MODELS[0] or name.startswith(DEFAULT_MODELS[0] + "_contours"))
+        model_name, cue, _, _ = parse_name(name)
+        cue = cue or "marker"
+        in_picture = seed == args.seeds[0] and (model_name == DEFAULT_MODELS[0] or cue != "marker")
         measured = os.path.exists(result_path(args.results, f"{name}_seed{seed}"))
         if (args.picture_only or (args.new_only and measured)) and not in_picture:
             continue
         model, cfg = trained_model(found, weights, setting.data_root, datasets=False)
-        contours, pathfinder = drawn_samples(data, cfg, args)
+        contours, pathfinder = drawn_samples(data, cfg, args, cue)
         if args.picture_only or (args.new_only and measured):
             on_contours = model_predictions(model, contours, cfg.PATHFINDER.EVAL.BATCH_SIZE)
         else:
             on_contours = measure_run(model, cfg, contours, pathfinder, dict(
                 model=name, experiment=experiment, seed=seed, weights=os.path.relpath(weights, args.results),
                 split=args.split, steps=found.get("steps"), iterations=found.get("iterations")), args.results)
-            if not data_written:
-                record_measurement(args, contours, pathfinder, generator_config(cfg, PATHFINDER_LENGTHS[0]), command)
-                data_written = True
+            if cue not in written:
+                record_measurement(args, contours, pathfinder, generator_config(cfg, PATHFINDER_LENGTHS[0]), command, cue)
+                written.add(cue)
         if in_picture:
-            pictured[f"{run_label(name)}, seed {seed}"] = on_contours
-    if data:
-        contours = next(iter(data.values()))[0]
-        write_picture(os.path.join(args.results, "pathfinder_crossings.png"), contours,
-                      {f"flood, radius {PICTURE_RADIUS}": flood_predictions(contours, PICTURE_RADIUS),
-                       **dict(sorted(pictured.items(), key=picture_order))})
+            pictured[cue][name] = on_contours
+    for cue, runs in pictured.items():
+        if not runs:
+            continue
+        contours = next(samples for key, (samples, _) in data.items() if json.loads(key)[1] == cue)
+        if cue != "marker":  # each model after its longest training on the cue
+            longest = {}
+            for name in sorted(runs, key=contour_iterations):
+                longest[parse_name(name)[0]] = name
+            runs = {name: runs[name] for name in longest.values()}
+        baselines = {f"flood, radius {PICTURE_RADIUS}": flood_predictions(contours, PICTURE_RADIUS)}
+        if cue != "marker":
+            baselines = {"all ink inside the box": flood_predictions(contours, None), **baselines}
+        write_picture(os.path.join(args.results, picture_name(cue)), contours, {
+            **baselines, **{f"{run_label(name)}, seed {args.seeds[0]}": runs[name] for name in sorted(runs, key=picture_order)}})
     md = write_report(args.results)
     print(f"wrote {md}")
     with open(md) as f:

@@ -53,6 +53,54 @@ def test_contours_drawn_as_pathfinder_keep_apart_and_mark_the_target(gen, sample
                 assert near[a[:, 1].astype(int), a[:, 0].astype(int)].all()
 
 
+@pytest.fixture(scope="module")
+def boxed(gen):
+    from experiments.crossings import contour_samples
+
+    return contour_samples(gen, "val", SMALL, cue="box")
+
+
+def test_the_box_cue_dims_what_lies_outside_the_targets_box_and_draws_no_marker(samples, boxed):
+    """Same contours as with the marker, less its dot: the target wholly inside its (tight) box, the
+    ink inside the box as drawn, outside it at BOX_DIM; a crossing contour leaves the box."""
+    from experiments.crossings import BOX_DIM, box_grouping_bound, box_flood, inside_box
+
+    assert [s["key"] for s in boxed] == [s["key"] for s in samples]
+    for marked, s in zip(samples, boxed):
+        target = s["masks"][s["target"]]
+        inside = inside_box(s["box"], target.shape)
+        assert s["marker"] is None and not (target & ~inside).any()
+        ys, xs = np.nonzero(target)
+        assert s["box"] == (xs.min(), ys.min(), xs.max(), ys.max())
+        others = np.delete(s["masks"], s["target"], axis=0).any(0)
+        assert (others == np.delete(marked["masks"], marked["target"], axis=0).any(0)).all()
+        ink = s["masks"].any(0)
+        assert (s["image"][ink & inside] >= 128).all()
+        assert (s["image"][~inside] <= np.ceil(255 * BOX_DIM)).all() and (s["image"][ink & ~inside] >= round(128 * BOX_DIM)).all()
+        if s["crossing"]:
+            assert any((s["masks"][j] & ~inside).any() for j in s["crossing"])
+        bound = box_grouping_bound(s)
+        assert (bound == (ink & inside & ~np.any([m for m in s["masks"] if (m & ~inside).any()] + [0 * ink], 0))).all()
+        assert target.sum() > 0 and (bound & target).sum() == target.sum()  # the bound keeps all of the target
+        assert (box_flood(s["image"], s["box"], None) == (ink & inside)).all()
+
+
+def test_box_flood_removes_ink_within_reach_of_the_outside():
+    from experiments.crossings import BOX_DIM, box_flood
+
+    image = np.zeros((16, 16), np.uint8)
+    box = (4, 4, 11, 11)
+    image[4, 5:9] = 255  # own dash, 4 rows from the next
+    image[8, 5:9] = 255  # own dash, 2 rows from a dash of the crossing contour
+    image[10, 6:12] = 255  # the crossing contour's dash inside the box ...
+    image[10, 12:15] = round(255 * BOX_DIM)  # ... and where it leaves it
+    image[13, 1:4] = round(255 * BOX_DIM)  # ink outside, far from everything
+    assert box_flood(image, box, 0.5)[4].sum() == 4 and box_flood(image, box, 0.5)[8].sum() == 4
+    assert not box_flood(image, box, 0.5)[10].any()  # connected to the outside: removed
+    assert box_flood(image, box, 1.0)[8].sum() == 0 and box_flood(image, box, 1.0)[4].sum() == 4  # reached, not
+    assert box_flood(image, box, None).sum() == 4 + 4 + 6
+
+
 def test_proximity_flood_joins_ink_within_twice_its_radius():
     from experiments.crossings import proximity_flood
 
@@ -232,3 +280,46 @@ def test_later_cycles_on_the_contours_continue_the_previous_cycle(tmp_path):
     assert [contour_iterations(n) for n in ("cnn_continued_twice", "cnn_continued_twice_contours400",
                                             "cnn_continued_twice_contours1000x3")] == [0, 400, 3000]
     assert run_label("cnn_continued_twice_contours1000x3").endswith(", then 3 x 1000 iterations on contours")
+
+
+def test_models_trained_with_the_box_as_the_cue_are_measured_on_boxed_contours(tmp_path, monkeypatch):
+    """End to end on a small scale: the committed CNN (seed 0) given two cycles of 2 iterations on
+    the train split's contours drawn with the box as the cue; each cycle starts from the previous
+    one's weights, the runs are measured on boxed contours, and the report's box section lists them
+    beside all ink in the box and the box's grouping bound, with its picture."""
+    import shutil
+
+    import torch
+
+    from experiments import crossings
+    from experiments.runs import RESULTS_DIR
+
+    results = tmp_path / "results"
+    shutil.copytree(os.path.join(RESULTS_DIR, "experiment", "cnn_continued_twice"),
+                    results / "experiment" / "cnn_continued_twice")
+    monkeypatch.setenv("CRBP_PATHFINDER_DIR", str(tmp_path / "data"))
+    small = ["PATHFINDER.DATA.TEST_PER_LENGTH", "4", "PATHFINDER.EVAL.VAL_COUNT", "4", "TEST.EVAL_PERIOD", "0",
+             "PATHFINDER.DATA.TEST_LENGTHS", "[6]", "PATHFINDER.EVAL.SWEEP_LENGTHS", "[6]",
+             "PATHFINDER.EVAL.SWEEP_MAX_STEPS", "0", "SOLVER.WARMUP_ITERS", "0"]
+    crossings.main(["--models", "cnn_continued_twice", "--seeds", "0", "--images", "2", "--count", "3",
+                    "--train", "2", "--cycles", "2", "--cue", "box", "--train-images", "2",
+                    "--trained-models", "cnn_continued_twice", "--workers", "1",
+                    "--scratch", str(tmp_path / "scratch"), "--results", str(results), "--opts", *small])
+    folder = results / crossings.FOLDER
+    trained = results / crossings.TRAINED
+    first = json.loads((trained / "cnn_continued_twice_boxed2" / "seed0.json").read_text())
+    second = json.loads((trained / "cnn_continued_twice_boxed2x2" / "seed0.json").read_text())
+    assert "boxed_train" in first["config"] and "cnn_continued_twice_boxed2/seed0_model.pth" in second["config"]
+    before, after = (torch.load(trained / name / "seed0_model.pth") for name in ("cnn_continued_twice_boxed2",
+                                                                                   "cnn_continued_twice_boxed2x2"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    for name in ("cnn_continued_twice_boxed2", "cnn_continued_twice_boxed2x2"):
+        measured = json.loads((folder / f"{name}_seed0.json").read_text())
+        assert 0 <= measured["contours"]["crossing"]["iou"] <= 1
+    box = json.loads((folder / "proximity_box.json").read_text())
+    assert box["bound"]["contours"]["crossing"]["iou"] > box["in_box"]["contours"]["crossing"]["iou"]
+    report = (results / "pathfinder_crossings.md").read_text()
+    marker_table, box_section = report.split("## The box as the cue")
+    assert "then 2 x 2 iterations on boxed contours" in box_section and "boxed" not in marker_table.split("| predictor")[1]
+    assert "the box's grouping bound" in box_section and "all ink inside the box (no grouping)" in box_section
+    assert (results / "pathfinder_crossings_box.png").stat().st_size > 10000
