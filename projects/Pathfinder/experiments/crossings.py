@@ -29,7 +29,8 @@ schedule) on every contour of the contour data's train split drawn the same way
 from the previous cycle's weights, fresh Adam, the same warm-up and cosine schedule, as the
 experiment's further cycles; graph-free steps compiled past the first cycle). --cue box draws the
 contours, for training and measuring, with the target's box in place of the marker (runs
-<model>_boxed<N>[x<k>]; the report's section "The box as the cue").
+<model>_boxed<N>[x<k>]; the report's section "The box as the cue"); --from-scratch starts the first
+cycle from random weights instead (<model>_..._from_scratch: does the tracer need Pathfinder first?).
 
     python -m experiments.crossings                        # in projects/Pathfinder; needs the runs' weights
     python -m experiments.crossings --train 400 --scratch SCRATCH   # then measures every run again
@@ -49,7 +50,7 @@ import os
 import shlex
 import sys
 import textwrap
-from typing import Dict, List, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -173,51 +174,68 @@ def write_training_set(cfg, folder: str, split: str = "train", images: int = 0, 
     return folder
 
 
-def trained_name(model: str, iterations: int, cycle: int = 1, cue: str = "marker") -> str:
-    """The run of `model` continued on the contours with `cue` for `cycle` warm-restart cycles of `iterations`."""
-    return f"{model}_{RUN_PREFIX[cue]}{iterations}" + (f"x{cycle}" if cycle > 1 else "")
+SCRATCH_SUFFIX = "_from_scratch"
 
 
-def parse_name(name: str):
-    """(experiment model, cue or None, iterations per cycle, cycles) of a run's name (trained_name)."""
+class RunName(NamedTuple):
+    model: str  # the experiment's model (its config and recipe; its weights unless scratch)
+    cue: Optional[str]  # None: the model as the experiment trained it
+    iterations: int  # per cycle on the contours
+    cycles: int
+    scratch: bool  # trained on the contours from random weights
+
+
+def trained_name(model: str, iterations: int, cycle: int = 1, cue: str = "marker", scratch: bool = False) -> str:
+    """The run of `model` trained on the contours with `cue` for `cycle` warm-restart cycles of
+    `iterations`, continued from its experiment weights or (`scratch`) from random ones."""
+    return f"{model}_{RUN_PREFIX[cue]}{iterations}" + (f"x{cycle}" if cycle > 1 else "") + (SCRATCH_SUFFIX * scratch)
+
+
+def parse_name(name: str) -> RunName:
+    """What a run's name (trained_name, or an experiment model's) says of it."""
+    scratch = name.endswith(SCRATCH_SUFFIX)
+    stem = name[:-len(SCRATCH_SUFFIX)] if scratch else name
     for cue, prefix in RUN_PREFIX.items():
-        model, found, tail = name.partition("_" + prefix)
+        model, found, tail = stem.partition("_" + prefix)
         if found:
             iterations, _, cycles = tail.partition("x")
-            return model, cue, int(iterations), int(cycles or 1)
-    return name, None, 0, 0
+            return RunName(model, cue, int(iterations), int(cycles or 1), scratch)
+    return RunName(name, None, 0, 0, False)
 
 
 def contour_iterations(name: str) -> int:
     """Iterations a run was trained on the contours in all (0: a model as the experiment trained it)."""
-    _, _, iterations, cycles = parse_name(name)
-    return iterations * cycles
+    run = parse_name(name)
+    return run.iterations * run.cycles
 
 
 def training_runs(models: Sequence[str], seeds: Sequence[int], iterations: int, folder: str, results_dir: str,
-                  extra_opts: Sequence = (), cycle: int = 1, cue: str = "marker"):
+                  extra_opts: Sequence = (), cycle: int = 1, cue: str = "marker", scratch: bool = False):
     """One run per model and seed: its one-command config, one cycle of `iterations` on the set in
-    `folder` (drawn with `cue`), continued from its experiment weights (`cycle` 1) or from its
-    previous cycle (later cycles); graph-free steps compiled where a model has them, as the
-    experiment's further cycles run, except in the first cycle with the marker (those runs were
-    made before); `extra_opts` last: e.g. smaller evaluation sets for a smoke run."""
+    `folder` (drawn with `cue`), continued from its experiment weights (`cycle` 1; `scratch`: from
+    random weights) or from its previous cycle (later cycles); graph-free steps compiled where a
+    model has them, as the experiment's further cycles run, except in the first cycle with the
+    marker (those runs were made before); `extra_opts` last: e.g. smaller evaluation sets for a
+    smoke run."""
     runs = []
     for name in models:
         config, opts = ONE_COMMAND[name]
         start = (os.path.join(experiment_dir(results_dir, EXPERIMENT), name) if cycle == 1 else
-                 os.path.join(experiment_dir(results_dir, TRAINED), trained_name(name, iterations, cycle - 1, cue)))
-        later = (["MODEL.CRBP.FORWARD.COMPILE", True] if name in GRAPH_FREE and (cycle > 1 or cue != "marker") else [])
+                 os.path.join(experiment_dir(results_dir, TRAINED), trained_name(name, iterations, cycle - 1, cue, scratch)))
+        later = (["MODEL.CRBP.FORWARD.COMPILE", True]
+                 if name in GRAPH_FREE and (cycle > 1 or cue != "marker" or scratch) else [])
         for seed in seeds:
-            weights = os.path.join(start, f"seed{seed}_model.pth")
-            if not os.path.exists(weights):
+            weights = "" if cycle == 1 and scratch else os.path.join(start, f"seed{seed}_model.pth")
+            if weights and not os.path.exists(weights):
                 how = (f"python -m experiments.experiment --models {name} --seeds {seed}" if cycle == 1 else
                        f"python -m experiments.crossings --train {iterations} --cycles {cycle - 1} --cue {cue} "
-                       f"--seeds {seed}")
-                raise FileNotFoundError(f"{trained_name(name, iterations, cycle, cue)} seed {seed} is continued from the "
-                                        f"weights {weights}, which are missing: {how}")
-            runs.append(Run(TRAINED, trained_name(name, iterations, cycle, cue), seed, config, list(MODEL_OPTS.get(name, []))
-                            + list(opts) + later + [
-                "PATHFINDER.CYCLES", 1, "SOLVER.MAX_ITER", iterations, "MODEL.WEIGHTS", project_relative(weights),
+                       f"{'--from-scratch ' * scratch}--seeds {seed}")
+                raise FileNotFoundError(f"{trained_name(name, iterations, cycle, cue, scratch)} seed {seed} is continued "
+                                        f"from the weights {weights}, which are missing: {how}")
+            runs.append(Run(TRAINED, trained_name(name, iterations, cycle, cue, scratch), seed, config,
+                            list(MODEL_OPTS.get(name, [])) + list(opts) + later + [
+                "PATHFINDER.CYCLES", 1, "SOLVER.MAX_ITER", iterations,
+                "MODEL.WEIGHTS", project_relative(weights) if weights else "",
                 "PATHFINDER.DATA.TRAIN_FOLDERS", repr([os.path.abspath(folder)]),
                 "PATHFINDER.DATA.TEST_LENGTHS", repr(list(PATHFINDER_LENGTHS)),
                 "PATHFINDER.EVAL.SWEEP_LENGTHS", repr([PATHFINDER_LENGTHS[0]])] + list(extra_opts), results_dir=results_dir))
@@ -363,12 +381,12 @@ def load(results_dir: str):
 
 def run_label(name: str) -> str:
     """The table's label of an experiment model, or of one continued on the contours."""
-    model, cue, iterations, cycles = parse_name(name)
-    if cue is None:
-        return MODELS[model][0]
-    drawn = "contours" if cue == "marker" else "boxed contours"
-    return MODELS[model][0] + (f", then {cycles} x {iterations}" if cycles > 1 else f", then {iterations}") + (
-        f" iterations on {drawn}")
+    run = parse_name(name)
+    if run.cue is None:
+        return MODELS[run.model][0]
+    drawn = "contours" if run.cue == "marker" else "boxed contours"
+    return MODELS[run.model][0] + (", from scratch" if run.scratch else ", then") + (
+        f" {run.cycles} x {run.iterations}" if run.cycles > 1 else f" {run.iterations}") + f" iterations on {drawn}"
 
 
 def _cell(values, digits=3):
@@ -392,7 +410,7 @@ def report_rows(runs: Dict[str, List[Dict]], proximity) -> List[List[str]]:
             _cell([c["crossing"]["other_contours"] for c in contours])]
 
     def order(name):
-        base = parse_name(name)[0]
+        base = parse_name(name).model
         return (contour_iterations(name) > 0, DEFAULT_MODELS.index(base) if base in DEFAULT_MODELS else len(DEFAULT_MODELS),
                 contour_iterations(name), name)
 
@@ -414,7 +432,7 @@ def write_report(results_dir: str) -> str:
 
     def table(cue):
         n = {g: proximity[cue]["radii"][str(RADII[0])]["contours"][g]["n"] for g in GROUPS}
-        of_cue = {m: r for m, r in runs.items() if (parse_name(m)[1] or "marker") == cue}
+        of_cue = {m: r for m, r in runs.items() if (parse_name(m).cue or "marker") == cue}
         return markdown_table(
             ["predictor", "seeds"] + [f"Pathfinder IoU, {k} paddles" for k in PATHFINDER_LENGTHS] +
             [f"contours IoU, {g} ({n[g]})" for g in GROUPS] +
@@ -517,8 +535,9 @@ def record_measurement(args, contours, pathfinder, gen: PathfinderConfig, comman
 
 def picture_order(name: str):
     """Zero-shot first, then by iterations on the contours, then the table's order of models."""
-    model = parse_name(name)[0]
-    return contour_iterations(name), DEFAULT_MODELS.index(model) if model in DEFAULT_MODELS else len(DEFAULT_MODELS)
+    run = parse_name(name)
+    return (contour_iterations(name), run.scratch,
+            DEFAULT_MODELS.index(run.model) if run.model in DEFAULT_MODELS else len(DEFAULT_MODELS))
 
 
 def main(argv=None):
@@ -534,6 +553,8 @@ def main(argv=None):
                    help="with --train: warm-restart cycles of ITERATIONS, each from the previous one's weights")
     p.add_argument("--cue", choices=CUES, default="marker",
                    help="with --train: what the contours drawn for training tell of the target (CUES)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="with --train: the first cycle starts from random weights, not the experiment's")
     p.add_argument("--trained-models", nargs="+", default=list(TRAINED_MODELS), choices=list(ONE_COMMAND))
     p.add_argument("--train-images", type=int, default=0, help="contour images trained on (0: the whole train split)")
     p.add_argument("--scratch", default="", help="the continued runs' output folders (with --train)")
@@ -560,13 +581,13 @@ def main(argv=None):
                                     images=args.train_images, cue=args.cue)
         for cycle in range(1, args.cycles + 1):  # the runs of a cycle exist already: execute skips them
             execute_all(training_runs(args.trained_models, args.seeds, args.train, folder, args.results, args.opts, cycle,
-                                      args.cue), args.scratch, args.workers, keep_weights=lambda run: True)
+                                      args.cue, args.from_scratch), args.scratch, args.workers,
+                        keep_weights=lambda run: True)
     data = {}  # per Pathfinder drawing and cue: (contour samples, Pathfinder samples)
     pictured: Dict[str, Dict[str, np.ndarray]] = {cue: {} for cue in CUES}  # cue: {run name: its masks}
     written = set()  # cues whose proximity JSON this call wrote
     for experiment, name, seed, found, weights in measured_models(args):
-        model_name, cue, _, _ = parse_name(name)
-        cue = cue or "marker"
+        model_name, cue = parse_name(name).model, parse_name(name).cue or "marker"
         in_picture = seed == args.seeds[0] and (model_name == DEFAULT_MODELS[0] or cue != "marker")
         measured = os.path.exists(result_path(args.results, f"{name}_seed{seed}"))
         if (args.picture_only or (args.new_only and measured)) and not in_picture:
@@ -591,7 +612,7 @@ def main(argv=None):
         if cue != "marker":  # each model after its longest training on the cue
             longest = {}
             for name in sorted(runs, key=contour_iterations):
-                longest[parse_name(name)[0]] = name
+                longest[parse_name(name).model, parse_name(name).scratch] = name
             runs = {name: runs[name] for name in longest.values()}
         baselines = {f"flood, radius {PICTURE_RADIUS}": flood_predictions(contours, PICTURE_RADIUS)}
         if cue != "marker":

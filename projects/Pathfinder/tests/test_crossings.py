@@ -257,7 +257,7 @@ def test_models_continued_on_the_contours_are_measured_beside_the_experiments(tm
 def test_later_cycles_on_the_contours_continue_the_previous_cycle(tmp_path):
     """--cycles: cycle k of a model starts from cycle k - 1's weights (cycle 1 from the experiment's),
     graph-free models compile their steps past the first cycle, and a missing start names its command."""
-    from experiments.crossings import (EXPERIMENT, TRAINED, contour_iterations, run_label, trained_name,
+    from experiments.crossings import (EXPERIMENT, TRAINED, contour_iterations, parse_name, run_label, trained_name,
                                        training_runs)
 
     for experiment, name in ((EXPERIMENT, "crbp_continued_twice_steps64"), (EXPERIMENT, "bptt8_continued_twice"),
@@ -280,6 +280,15 @@ def test_later_cycles_on_the_contours_continue_the_previous_cycle(tmp_path):
     assert [contour_iterations(n) for n in ("cnn_continued_twice", "cnn_continued_twice_contours400",
                                             "cnn_continued_twice_contours1000x3")] == [0, 400, 3000]
     assert run_label("cnn_continued_twice_contours1000x3").endswith(", then 3 x 1000 iterations on contours")
+    scratch, = training_runs(models[:1], [1], 5, str(tmp_path / "set"), str(tmp_path), cue="box", scratch=True)
+    assert scratch.name == "crbp_continued_twice_steps64_boxed5_from_scratch"
+    assert scratch.opts[scratch.opts.index("MODEL.WEIGHTS") + 1] == "" and "MODEL.CRBP.FORWARD.COMPILE" in scratch.opts
+    with pytest.raises(FileNotFoundError, match="--cue box --from-scratch"):
+        training_runs(models[:1], [1], 5, str(tmp_path / "set"), str(tmp_path), cycle=2, cue="box", scratch=True)
+    assert parse_name("cnn_continued_twice_boxed1000x2_from_scratch") == ("cnn_continued_twice", "box", 1000, 2, True)
+    assert parse_name("cnn_continued_twice") == ("cnn_continued_twice", None, 0, 0, False)
+    assert run_label("cnn_continued_twice_boxed1000x2_from_scratch").endswith(
+        ", from scratch 2 x 1000 iterations on boxed contours")
 
 
 def test_models_trained_with_the_box_as_the_cue_are_measured_on_boxed_contours(tmp_path, monkeypatch):
