@@ -80,9 +80,9 @@ GRAPH_FREE = ("crbp_continued_twice_steps64", "rbp_continued_twice")  # compiled
 CUES = ("marker", "box")
 RUN_PREFIX = {"marker": "contours", "box": "boxed"}
 BOX_DIM = 0.4
-BOX_SECTION = """\
+BOX_SECTION = f"""\
 The marker is an oracle: a panoptic model's mask head is given a box, not a start. With the box as
-the only cue (--cue box: no dot; every pixel outside the target's box at 0.4 of its intensity) the
+the only cue (--cue box: no dot; every pixel outside the target's box at {BOX_DIM} of its intensity) the
 task stays a grouping task: the target lies wholly inside its box and a contour that crosses it
 leaves the box, so the target is the ink inside the box that is not connected, along a contour, to
 ink outside it. Taking all ink inside the box does not group (about half the IoU on crossing
@@ -90,7 +90,8 @@ contours); removing the contours that leave the box (ground truth) is the most t
 cannot tell a contour lying wholly inside the box); the flood from the ink outside the box is
 grouping by nearness, which at a crossing removes the target too. The models are continued from
 their experiment weights as with the marker (--train N --cycles K --cue box), so they start as
-tracers of a dot and must learn to trace from the box's outside inwards and keep the rest."""
+tracers of a dot and must learn to trace from the box's outside inwards and keep the rest; the rows
+"from scratch" (--from-scratch) start from random weights instead."""
 DEFAULT_MODELS = ("crbp_continued_twice_steps64", "rbp_continued_twice", "bptt8_continued_twice", "bptt4_continued_twice",
                   "bptt_continued_twice", "cnn_continued_twice")
 RADII = (0.5, 1.0, 1.5, 2.0, 2.5)  # px: ink pixels up to twice this apart are grouped
