@@ -332,3 +332,32 @@ def test_models_trained_with_the_box_as_the_cue_are_measured_on_boxed_contours(t
     assert "then 2 x 2 iterations on boxed contours" in box_section and "boxed" not in marker_table.split("| predictor")[1]
     assert "the box's grouping bound" in box_section and "all ink inside the box (no grouping)" in box_section
     assert (results / "pathfinder_crossings_box.png").stat().st_size > 10000
+
+
+def test_committed_runs_on_the_contours_are_what_their_names_configure():
+    """Every committed run of results/crossings_trained was trained as training_runs configures its
+    name today: from the weights its name says (experiment, previous cycle, or none), for its
+    iterations, on the set drawn with its cue, compiled where the rule says."""
+    import yaml
+
+    from experiments.crossings import RUN_PREFIX, TRAINED, parse_name, training_runs
+    from experiments.runs import PROJECT, RESULTS_DIR, load_experiment
+
+    runs = load_experiment(TRAINED)
+    assert any(parse_name(n).cue == "box" for n in runs) and any(parse_name(n).scratch for n in runs)
+    for name, seeds in runs.items():
+        run = parse_name(name)
+        for seed, result in seeds.items():
+            recorded = yaml.safe_load(result["config"])
+            folder, = recorded["PATHFINDER"]["DATA"]["TRAIN_FOLDERS"]
+            assert os.path.basename(folder) == f"{RUN_PREFIX[run.cue]}_train", (name, folder)
+            configured, = training_runs([run.model], [seed], run.iterations, folder, RESULTS_DIR, cycle=run.cycles,
+                                        cue=run.cue, scratch=run.scratch)
+            opts = dict(zip(configured.opts[::2], configured.opts[1::2]))
+            assert configured.name == name
+            assert recorded["SOLVER"]["MAX_ITER"] == run.iterations == opts["SOLVER.MAX_ITER"]
+            assert recorded["MODEL"]["CRBP"]["FORWARD"]["COMPILE"] == opts.get("MODEL.CRBP.FORWARD.COMPILE", False), name
+            weights = recorded["MODEL"]["WEIGHTS"]
+            assert (weights == "") == (opts["MODEL.WEIGHTS"] == "") == (run.scratch and run.cycles == 1), name
+            if weights:  # project-relative when inside the project
+                assert os.path.join(PROJECT, weights) == os.path.join(PROJECT, opts["MODEL.WEIGHTS"]), name
