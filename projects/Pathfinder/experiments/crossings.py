@@ -534,6 +534,19 @@ def record_measurement(args, contours, pathfinder, gen: PathfinderConfig, comman
         write_json(path, dict(measure_proximity(contours, pathfinder), generator=gen.to_dict(), commands=[command]))
 
 
+def picture_runs(names: Sequence[str]) -> set:
+    """The runs drawn in the pictures: with the marker, the recipe's model as trained and after each
+    training on the contours; with another cue, each model (and start) after its longest training."""
+    drawn, longest = set(), {}
+    for name in sorted(set(names), key=contour_iterations):
+        run = parse_name(name)
+        if (run.cue or "marker") != "marker":
+            longest[run.model, run.cue, run.scratch] = name
+        elif run.model == DEFAULT_MODELS[0]:
+            drawn.add(name)
+    return drawn | set(longest.values())
+
+
 def picture_order(name: str):
     """Zero-shot first, then by iterations on the contours, then the table's order of models."""
     run = parse_name(name)
@@ -586,10 +599,13 @@ def main(argv=None):
                         keep_weights=lambda run: True)
     data = {}  # per Pathfinder drawing and cue: (contour samples, Pathfinder samples)
     pictured: Dict[str, Dict[str, np.ndarray]] = {cue: {} for cue in CUES}  # cue: {run name: its masks}
+    drawn_contours = {}  # cue: the contour samples the picture's runs were measured on
     written = set()  # cues whose proximity JSON this call wrote
-    for experiment, name, seed, found, weights in measured_models(args):
-        model_name, cue = parse_name(name).model, parse_name(name).cue or "marker"
-        in_picture = seed == args.seeds[0] and (model_name == DEFAULT_MODELS[0] or cue != "marker")
+    listed = measured_models(args)
+    in_pictures = picture_runs([name for _, name, seed, _, _ in listed if seed == args.seeds[0]])
+    for experiment, name, seed, found, weights in listed:
+        cue = parse_name(name).cue or "marker"
+        in_picture = seed == args.seeds[0] and name in in_pictures
         measured = os.path.exists(result_path(args.results, f"{name}_seed{seed}"))
         if (args.picture_only or (args.new_only and measured)) and not in_picture:
             continue
@@ -605,16 +621,11 @@ def main(argv=None):
                 record_measurement(args, contours, pathfinder, generator_config(cfg, PATHFINDER_LENGTHS[0]), command, cue)
                 written.add(cue)
         if in_picture:
-            pictured[cue][name] = on_contours
+            pictured[cue][name], drawn_contours[cue] = on_contours, contours
     for cue, runs in pictured.items():
         if not runs:
             continue
-        contours = next(samples for key, (samples, _) in data.items() if json.loads(key)[1] == cue)
-        if cue != "marker":  # each model after its longest training on the cue
-            longest = {}
-            for name in sorted(runs, key=contour_iterations):
-                longest[parse_name(name).model, parse_name(name).scratch] = name
-            runs = {name: runs[name] for name in longest.values()}
+        contours = drawn_contours[cue]
         baselines = {f"flood, radius {PICTURE_RADIUS}": flood_predictions(contours, PICTURE_RADIUS)}
         if cue != "marker":
             baselines = {"all ink inside the box": flood_predictions(contours, None), **baselines}

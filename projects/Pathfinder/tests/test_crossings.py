@@ -257,8 +257,8 @@ def test_models_continued_on_the_contours_are_measured_beside_the_experiments(tm
 def test_later_cycles_on_the_contours_continue_the_previous_cycle(tmp_path):
     """--cycles: cycle k of a model starts from cycle k - 1's weights (cycle 1 from the experiment's),
     graph-free models compile their steps past the first cycle, and a missing start names its command."""
-    from experiments.crossings import (EXPERIMENT, TRAINED, contour_iterations, parse_name, run_label, trained_name,
-                                       training_runs)
+    from experiments.crossings import (EXPERIMENT, TRAINED, contour_iterations, parse_name, picture_runs, run_label,
+                                       trained_name, training_runs)
 
     for experiment, name in ((EXPERIMENT, "crbp_continued_twice_steps64"), (EXPERIMENT, "bptt8_continued_twice"),
                              (TRAINED, "crbp_continued_twice_steps64_contours5"),
@@ -287,6 +287,11 @@ def test_later_cycles_on_the_contours_continue_the_previous_cycle(tmp_path):
         training_runs(models[:1], [1], 5, str(tmp_path / "set"), str(tmp_path), cycle=2, cue="box", scratch=True)
     assert parse_name("cnn_continued_twice_boxed1000x2_from_scratch") == ("cnn_continued_twice", "box", 1000, 2, True)
     assert parse_name("cnn_continued_twice") == ("cnn_continued_twice", None, 0, 0, False)
+    assert picture_runs(["crbp_continued_twice_steps64", "crbp_continued_twice_steps64_contours1000",
+                         "cnn_continued_twice_contours1000", "cnn_continued_twice_boxed1000", "cnn_continued_twice_boxed1000x2",
+                         "cnn_continued_twice_boxed1000_from_scratch"]) == {
+        "crbp_continued_twice_steps64", "crbp_continued_twice_steps64_contours1000", "cnn_continued_twice_boxed1000x2",
+        "cnn_continued_twice_boxed1000_from_scratch"}
     assert run_label("cnn_continued_twice_boxed1000x2_from_scratch").endswith(
         ", from scratch 2 x 1000 iterations on boxed contours")
 
