@@ -61,6 +61,12 @@ from benchmarks.contour_grouping import (DEPTH_BINS, DepthProfile, box_depth, bo
 
 FF = "contours/panoptic_fpn_contours.yaml"
 CRBP = "contours/panoptic_crbp_contours.yaml"
+TRACER = "contours/panoptic_tracer_contours.yaml"
+TRACER_CNN = "contours/panoptic_tracer_cnn_contours.yaml"
+# The tracer heads start from Pathfinder's runs trained with the box as the cue (same seed; both
+# models: Pathfinder's three cycles, then two cycles of 1000 on the contours drawn as Pathfinder's
+# with the box; projects/Pathfinder/experiments/crossings.py). {root}, {seed}: see build_head.
+BOXED_TRACER = "{root}/projects/Pathfinder/results/crossings_trained/%s_boxed1000x2/seed{seed}_model.pth"
 HEADS = {  # name: (config, overrides)
     "feedforward": (FF, []),
     "crbp": (CRBP, []),
@@ -68,6 +74,11 @@ HEADS = {  # name: (config, overrides)
                            "MODEL.CRBP.STEPS", "20"]),
     "crbp_state16": (CRBP, ["MODEL.CRBP.MASK_HEAD.STATE_CHANNELS", "16", "MODEL.CRBP.CELL.NUM_GROUPS", "8",
                             "MODEL.CRBP.STEPS", "20"]),
+    # --tracer: TracerMaskHead on the image itself (C-RBP hGRU / Pathfinder's CNN), from Pathfinder
+    "tracer": (TRACER, ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "crbp_continued_twice_steps64"]),
+    "tracer_cnn": (TRACER_CNN, ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "cnn_continued_twice"]),
+    "tracer_scratch": (TRACER, []),
+    "tracer_cnn_scratch": (TRACER_CNN, []),
 }
 PIXELS = "pixels"  # the normalised image among the cached features
 MARKER_DEPTH = DEPTH_BINS[1]  # --marker: own pixels nearer the box's sides than this x its shorter side
@@ -88,13 +99,18 @@ def with_masks(image):
 class RoIInputs:
     """What a head sees of each box: the model's mask pooler on its FPN features and, stacked as
     extra channels, with `pixels` the image itself and with `marker` the instance's start marker,
-    each pooled on the same box at the same resolution (ROIAlignV2 at scale 1)."""
+    each pooled on the same box at the same resolution (ROIAlignV2 at scale 1). With `tracer`, the
+    image alone, whole ({"image": [B, 3, H, W]}, as TracerROIHeads gives TracerMaskHead)."""
 
-    def __init__(self, pooler, feature_names, pixels: bool = False, marker: bool = False, context: float = 1.0):
+    def __init__(self, pooler, feature_names, pixels: bool = False, marker: bool = False, context: float = 1.0,
+                 tracer: bool = False):
         from detectron2.layers import ROIAlign
         from detectron2.modeling.poolers import ROIPooler
 
-        self.pooler, self.names = pooler, list(feature_names)
+        if tracer and (pixels or marker or context != 1):
+            raise ValueError("tracer heads see the image itself and their box: no pixels, marker or context")
+        self.tracer = tracer
+        self.pooler, self.names = pooler, [] if tracer else list(feature_names)
         self.pixel_pooler = ROIPooler(pooler.output_size, scales=(1.0,), sampling_ratio=0,
                                       pooler_type="ROIAlignV2") if pixels else None
         self.marker_align = ROIAlign(pooler.output_size, 1.0, 0, aligned=True) if marker else None
@@ -115,6 +131,10 @@ class RoIInputs:
     def __call__(self, features, index, boxes, markers=()):
         """`boxes`: one Boxes per image of `index`; `markers`: with `marker`, one (boxes, H, W) bool
         array per image, an instance's marker for each of its boxes."""
+        if self.tracer:
+            from crbp_detectron.modeling.tracer_mask_head import IMAGE
+
+            return {IMAGE: features[PIXELS][index]}
         pooled = [self.pooler([features[n][index] for n in self.names], boxes)]
         if self.pixel_pooler is not None:
             pooled.append(self.pixel_pooler([features[PIXELS][index]], boxes))
@@ -128,9 +148,9 @@ class RoIInputs:
 
 # ------------------------------------------------------------------------------------ features
 @torch.no_grad()
-def cached_features(model, paths):
-    """FPN features of every image of a split (eval mode), the normalised image itself ("pixels"),
-    and its things, in memory."""
+def cached_features(model, paths, backbone: bool = True):
+    """FPN features of every image of a split (eval mode; not with `backbone` False), the normalised
+    image itself ("pixels"), and its things, in memory."""
     from crbp_detectron.inference import read_image_rgb
 
     images, features = [], {}
@@ -140,7 +160,7 @@ def cached_features(model, paths):
         rgb = read_image_rgb(image["image_path"])
         bgr = np.ascontiguousarray(rgb[:, :, ::-1]).astype("float32").transpose(2, 0, 1)
         batch = model.preprocess_image([{"image": torch.as_tensor(bgr)}])
-        for name, f in model.backbone(batch.tensor).items():
+        for name, f in (model.backbone(batch.tensor).items() if backbone else ()):
             features.setdefault(name, []).append(f[0])
         features.setdefault(PIXELS, []).append(batch.tensor[0])
         images.append(with_masks(image))
@@ -185,16 +205,25 @@ def make_instances(image, boxes, to_contiguous, train: bool):
 
 # ---------------------------------------------------------------------------------------- heads
 def build_head(config, overrides, seed, extra_channels=0):
+    """The head of `config` with `overrides` (in a value, {root} is the repository and {seed} the
+    run's seed), its weights drawn with `seed`."""
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.roi_heads.mask_head import build_mask_head
 
     from crbp_detectron.config import load_config
+    from crbp_detectron.modeling.tracer_mask_head import IMAGE
 
-    cfg = load_config(config, list(overrides))
+    cfg = load_config(config, [str(v).format(root=ROOT, seed=seed) for v in overrides])
     torch.manual_seed(seed)
+    if is_tracer(cfg):
+        return cfg, build_mask_head(cfg, {IMAGE: ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN), stride=1)})
     channels = cfg.MODEL.FPN.OUT_CHANNELS + extra_channels
     res = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
     return cfg, build_mask_head(cfg, ShapeSpec(channels=channels, width=res, height=res))
+
+
+def is_tracer(cfg) -> bool:
+    return cfg.MODEL.ROI_MASK_HEAD.NAME == "TracerMaskHead"
 
 
 def train_head(head, cfg, inputs, images, features, to_contiguous, iterations, seed, batch=4, lr=None, log=None,
@@ -544,6 +573,9 @@ def main(argv=None):
     parser.add_argument("--context", type=float, default=1.0,
                         help="each head sees and predicts its box scaled by this about its centre: > 1 shows where "
                              "contours leave the box (an instance's own never do)")
+    parser.add_argument("--tracer", action="store_true",
+                        help="the heads are tracer heads (TracerMaskHead: the image itself, the box dimmed around): "
+                             "no backbone features, so --weights is not needed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, help="folder for one JSON per head and seed, and the report")
     parser.add_argument("--report-only", action="store_true", help="the report from the folder's JSONs")
@@ -551,8 +583,11 @@ def main(argv=None):
     if args.report_only:
         print(write_report(args.out))
         return 0
-    if not args.weights:
+    if not args.weights and not args.tracer:
         parser.error("--weights is required (a trained model whose backbone and FPN are frozen)")
+    if args.tracer and (args.pixels or args.marker or args.context != 1 or args.equilibrium or args.influence):
+        parser.error("--tracer heads see the image and their box only: no --pixels, --marker, --context, "
+                     "--equilibrium or --influence")
     torch.set_num_threads(args.threads)
 
     import crbp_detectron  # noqa: F401
@@ -565,17 +600,18 @@ def main(argv=None):
 
     paths = generate_contour_dataset(progress=False)
     register_contour_datasets(progress=False)
-    base = load_config(args.backbone_config, ["MODEL.WEIGHTS", args.weights])
+    base = load_config(args.backbone_config, ["MODEL.WEIGHTS", args.weights or ""])
     model = build_model(base).eval()
-    Checkpointer(model).load(args.weights)
+    if args.weights:  # a tracer head needs only the model's input normalisation
+        Checkpointer(model).load(args.weights)
     to_contiguous = MetadataCatalog.get("crbp_contours_train_separated").thing_dataset_id_to_contiguous_id
     start = time.time()
-    train_images, train_features = cached_features(model, paths["train"])
-    val_images, val_features = cached_features(model, paths["val"])
+    train_images, train_features = cached_features(model, paths["train"], backbone=not args.tracer)
+    val_images, val_features = cached_features(model, paths["val"], backbone=not args.tracer)
     print(f"features of {len(train_images)} + {len(val_images)} images in {time.time() - start:.0f} s", flush=True)
     inputs = RoIInputs(model.roi_heads.mask_pooler, model.roi_heads.mask_in_features, args.pixels, args.marker,
-                       args.context)
-    keep = inputs.names + ([PIXELS] if args.pixels else [])
+                       args.context, args.tracer)
+    keep = inputs.names + ([PIXELS] if args.pixels or args.tracer else [])
     train_features = {n: train_features[n] for n in keep}
     val_features = {n: val_features[n] for n in keep}
     pixel_scale = float(train_features[PIXELS].std()) if args.pixels else None
@@ -603,7 +639,7 @@ def main(argv=None):
             with open(path) as f:
                 result = json.load(f)
             if (bool(result.get("marker")) == args.marker and bool(result.get("pixels")) == args.pixels
-                    and result.get("context", 1.0) == args.context):
+                    and result.get("context", 1.0) == args.context and bool(result.get("tracer")) == args.tracer):
                 yield path, result
 
     def trained_head(path, result):
@@ -642,6 +678,10 @@ def main(argv=None):
         return 0
     heads = {name: HEADS[name] for name in args.heads}
     heads.update({h[0]: (h[1], h[2:]) for h in args.head})
+    mismatched = [name for name, (config, _) in heads.items() if is_tracer(load_config(config)) != args.tracer]
+    if mismatched:
+        parser.error(f"heads {mismatched}: " + ("not tracer heads: leave out --tracer" if args.tracer else
+                                                "tracer heads (TracerMaskHead) need --tracer"))
     os.makedirs(args.out, exist_ok=True)
     for name, (config, overrides) in heads.items():
         for seed in args.seeds:
@@ -658,6 +698,7 @@ def main(argv=None):
                       "iterations": args.iterations, "cycles": args.cycles, "weights": args.weights, "train_seconds": seconds,
                       "optimizer": args.optimizer, "lr": args.lr, "min_iou": args.min_iou, "pixels": args.pixels,
                       "pixel_scale": pixel_scale, "marker": args.marker, "context": args.context,
+                      "tracer": args.tracer, "train_threads": args.threads,
                       "loss_last_100": {k: float(np.mean([h[k] for h in history[-100:]])) for k in history[-1]},
                       "val": evaluate_head(head, inputs, val_images, val_features, to_contiguous)}
             if args.marker:
@@ -679,7 +720,9 @@ def region_label(run) -> str:
 
 def input_label(run) -> str:
     """What a run's heads saw: the RoI features, and the pixels and the marker where it added them,
-    on the box or (--context) a larger region."""
+    on the box or (--context) a larger region; a tracer head, the image around the box."""
+    if run.get("tracer"):
+        return "image window, outside the box dimmed (tracer)"
     region = region_label(run)
     return (" + ".join(["features"] + ["pixels"] * bool(run.get("pixels"))
                        + ["start marker (oracle)"] * bool(run.get("marker")))

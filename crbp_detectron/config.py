@@ -25,8 +25,12 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 MODEL_ZOO_PREFIX = "model_zoo:"  # _BASE_: "model_zoo:COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml"
 CELL_TYPES = ("hgru", "convgru")
 MASK_HEAD_READOUTS = ("state", "state_and_features")  # CRBPMaskHead's readout input
-DICE_MASK_HEADS = ("CRBPMaskHead", "ConvUpsampleMaskHead")  # the heads that read MODEL.ROI_MASK_HEAD.DICE_WEIGHT
+DICE_MASK_HEADS = ("CRBPMaskHead", "ConvUpsampleMaskHead", "TracerMaskHead")  # the heads that read MODEL.ROI_MASK_HEAD.DICE_WEIGHT
 CELL_NORMS = ("GN", "BN", "")
+TRACER_BODIES = ("recurrent", "cnn")  # the tracer's body (modeling/tracer.py)
+# Statistics of BatchNorm inside a tracer's recurrent cell at evaluation: "running" (the usual running
+# averages) or "batch" (the batch's own, as in training; an output then depends on the batch).
+CELL_BN_STATISTICS = ("running", "batch")
 FPN_LEVELS = ("p2", "p3", "p4", "p5")
 # Detectron2's get_norm names (detectron2.layers.get_norm; "" = none).
 DETECTRON2_NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N")
@@ -127,6 +131,30 @@ def add_crbp_config(cfg):
     # Read by CRBPMaskHead and ConvUpsampleMaskHead (Detectron2's conv head with this loss); it keeps
     # thin structures above 0.5 (modeling/mask_loss.py).
     _C.MODEL.ROI_MASK_HEAD.DICE_WEIGHT = 0.0
+
+    # TracerMaskHead (with ROI_HEADS.NAME TracerROIHeads): the Pathfinder tracer run on each RoI's
+    # window of the image itself, the box told by dimming what lies outside it (tracer_mask_head.py).
+    _C.MODEL.CRBP.TRACER = CN()
+    _C.MODEL.CRBP.TRACER.BODY = "recurrent"  # recurrent: MODEL.CRBP's cell to equilibrium; cnn: a conv stack
+    _C.MODEL.CRBP.TRACER.CHANNELS = 16
+    _C.MODEL.CRBP.TRACER.FRONT_KERNEL_SIZE = 7
+    _C.MODEL.CRBP.TRACER.STRIDE = 2  # the body at half the window's resolution
+    _C.MODEL.CRBP.TRACER.CELL_BN_STATISTICS = "batch"
+    _C.MODEL.CRBP.TRACER.CNN_LAYERS = 6
+    _C.MODEL.CRBP.TRACER.CNN_KERNEL_SIZE = 7
+    # Each RoI's window: a square about the box's centre, WINDOW image px a side or CONTEXT x the
+    # box's longer side if that is more, sampled on GRID x GRID (64 / 128 px: half scale, the scale
+    # of Pathfinder's paddles for the contour data's dashes); outside the box at BOX_DIM.
+    _C.MODEL.CRBP.TRACER.GRID = 64
+    _C.MODEL.CRBP.TRACER.WINDOW = 128.0
+    _C.MODEL.CRBP.TRACER.CONTEXT = 1.25
+    _C.MODEL.CRBP.TRACER.BOX_DIM = 0.4
+    # A trained tracer's weights (a Pathfinder model's state dict, e.g. projects/Pathfinder/results/
+    # crossings_trained/<run>/seed0_model.pth) loaded at build; MODEL.WEIGHTS, loaded later, wins.
+    _C.MODEL.CRBP.TRACER.INIT_WEIGHTS = ""
+    # Foreground RoIs per image that train the mask head (0: all, Detectron2's): each is one run
+    # of the tracer on its window.
+    _C.MODEL.CRBP.TRACER.MAX_TRAIN_ROIS_PER_IMAGE = 16
 
     _C.MODEL.CRBP.FPN = CN()
     _C.MODEL.CRBP.FPN.LEVELS = ["p2", "p3", "p4", "p5"]  # FPN outputs made recurrent
@@ -435,6 +463,19 @@ def validate_crbp_config(cfg):
               f"is read only by the mask heads {DICE_MASK_HEADS}, not by MODEL.ROI_MASK_HEAD.NAME = "
               f"{cfg.MODEL.ROI_MASK_HEAD.NAME!r}: use ConvUpsampleMaskHead for Detectron2's conv head with this loss, "
               "or set it to 0")
+    t, pt = c.TRACER, p + "TRACER."
+    _check_choice(t, "BODY", TRACER_BODIES, pt)
+    _check_choice(t, "CELL_BN_STATISTICS", CELL_BN_STATISTICS, pt)
+    for key in ("CHANNELS", "FRONT_KERNEL_SIZE", "STRIDE", "CNN_LAYERS", "CNN_KERNEL_SIZE", "GRID"):
+        _check_number(t, key, pt, low=1, integer=True)
+    _check_number(t, "MAX_TRAIN_ROIS_PER_IMAGE", pt, low=0, integer=True)
+    _check_number(t, "WINDOW", pt, low=0, low_open=True)
+    _check_number(t, "CONTEXT", pt, low=1)
+    _check_number(t, "BOX_DIM", pt, low=0, high=1)
+    if t.GRID % t.STRIDE:
+        _fail(pt + "GRID", t.GRID, f"must be a multiple of {pt}STRIDE = {t.STRIDE}")
+    if t.INIT_WEIGHTS and not os.path.isfile(t.INIT_WEIGHTS):
+        _fail(pt + "INIT_WEIGHTS", t.INIT_WEIGHTS, "must be an existing file (a tracer's state dict) or empty")
     levels = list(c.FPN.LEVELS)
     bad = [lv for lv in levels if lv not in FPN_LEVELS]
     if bad or not levels or len(set(levels)) != len(levels):

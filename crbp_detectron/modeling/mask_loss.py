@@ -53,10 +53,13 @@ class MaskLossMixin:
     dice_weight = 0.0
 
     def forward(self, x, instances: List[Instances]):
+        return self.loss_or_inference(self.layers(x), instances)
+
+    def loss_or_inference(self, mask_logits: torch.Tensor, instances: List[Instances]):
+        """Training: the loss dict of the RoIs' mask logits; inference: `instances` with their masks."""
         from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
 
-        x = self.layers(x)
         if self.training:
-            return {"loss_mask": mask_loss(x, instances, self.dice_weight, self.vis_period) * self.loss_weight}
-        mask_rcnn_inference(x, instances)
+            return {"loss_mask": mask_loss(mask_logits, instances, self.dice_weight, self.vis_period) * self.loss_weight}
+        mask_rcnn_inference(mask_logits, instances)
         return instances

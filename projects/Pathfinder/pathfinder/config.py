@@ -8,18 +8,16 @@ OUTPUT_DIR/SEED; what is Pathfinder's own lives under PATHFINDER.*.
 import os
 from typing import Optional
 
-from crbp_detectron.config import _check_choice, _check_number, _fail, get_cfg, validate_crbp_config
+from crbp_detectron.config import (CELL_BN_STATISTICS, TRACER_BODIES, _check_choice, _check_number, _fail, get_cfg,
+                                   validate_crbp_config)
 
 # the project's configs: crbp.yaml and its baselines here, the study's variants under study/, the
 # paper's 150 px set-up under paper/
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 LOSSES = ("focal", "balanced_bce", "bce")
-BODIES = ("recurrent", "cnn")
+BODIES = TRACER_BODIES
 OPTIMIZERS = ("adam", "sgd")
-# Statistics of BatchNorm inside the recurrent cell at evaluation: "running" (the usual running
-# averages) or "batch" (the test batch's own, as in training; a score then depends on the batch).
-CELL_BN_STATISTICS = ("running", "batch")
 
 
 def add_pathfinder_config(cfg):
