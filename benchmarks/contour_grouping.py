@@ -52,8 +52,23 @@ MODELS = {  # name: (config, label)
     "crbp_state8": ("contours/panoptic_crbp_state8_contours.yaml", "C-RBP Panoptic FPN, 8-channel state"),
     "bptt": ("contours/panoptic_bptt_contours.yaml", "BPTT, memory-matched (1 step)"),
     "rbp": ("contours/panoptic_rbp_contours.yaml", "RBP, no penalty"),
+    "tracer": ("contours/panoptic_tracer_contours.yaml", "C-RBP tracer mask head"),
+    "tracer_cnn": ("contours/panoptic_tracer_cnn_contours.yaml", "CNN tracer mask head (feed-forward)"),
 }
-DEFAULT_MODELS = tuple(MODELS)
+DEFAULT_MODELS = tuple(m for m in MODELS if not m.startswith("tracer"))
+# The tracer heads start from Pathfinder's runs trained with the box as the cue, the run's seed's
+# (projects/Pathfinder/experiments/crossings.py; both: Pathfinder's three cycles, then two of 1000
+# on the contours drawn as Pathfinder's with the box).
+BOXED_TRACER = os.path.join("projects", "Pathfinder", "results", "crossings_trained", "%s_boxed1000x2",
+                            "seed{seed}_model.pth")
+MODEL_OPTS = {"tracer": ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "crbp_continued_twice_steps64"],
+              "tracer_cnn": ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "cnn_continued_twice"]}
+
+
+def model_opts(model, seed):
+    """The model's own overrides for `seed` (paths in the repository made absolute)."""
+    opts = [v.format(seed=seed) for v in MODEL_OPTS.get(model, [])]
+    return [os.path.join(ROOT, v) if v.endswith(".pth") else v for v in opts]
 SPLIT = "test"
 TEST_STEPS_PREFIX = "test_steps_"  # the --test-steps diagnostic's JSON, beside the runs'
 COMPOSITION_PREFIX = "composition_"  # the --composition diagnostic's JSON
@@ -440,6 +455,7 @@ def measure(model_name, seed, run_dir, threads, opts, paths):
 
     torch.set_num_threads(threads)
     cfg = load_config(MODELS[model_name][0], ["OUTPUT_DIR", run_dir, "SEED", str(seed)] + TEST_OPTS + list(opts)
+                      + model_opts(model_name, seed)
                       + ["DATALOADER.NUM_WORKERS", "0", "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth")])
     register_datasets(cfg)
     predictor = Predictor(cfg)
@@ -447,7 +463,7 @@ def measure(model_name, seed, run_dir, threads, opts, paths):
     metrics_json = os.path.join(run_dir, "metrics.json")
     instances, pictures = measure_grouping(predictor, paths[SPLIT], set(picture_instances(paths[SPLIT])))
     result = {"model": model_name, "label": MODELS[model_name][1], "config": MODELS[model_name][0], "seed": seed,
-              "opts": list(opts), "threads": threads, "iterations": cfg.SOLVER.MAX_ITER,
+              "opts": list(opts), "model_opts": list(MODEL_OPTS.get(model_name, [])), "threads": threads, "iterations": cfg.SOLVER.MAX_ITER,
               "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "split": SPLIT, "evaluation": panoptic_results(metrics_json),
               "seconds_per_iteration": seconds_per_iteration(metrics_json),
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -669,7 +685,7 @@ def main(argv=None):
     elif not args.report_only:
         train_and_measure(args, MODELS, run_json, TEST_OPTS + list(args.opts),
                           lambda model, seed, run_dir: measure(model, seed, run_dir, args.threads, args.opts, paths),
-                          command=command)
+                          model_opts=model_opts, command=command)
     write_report(args.results, paths)
     return 0
 

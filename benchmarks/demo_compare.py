@@ -320,11 +320,12 @@ def comparison_parser(doc, models, default_models, folder, threads):
     return parser
 
 
-def train_and_measure(args, models, json_path, train_opts, measure_run, indent=None, **recorded):
+def train_and_measure(args, models, json_path, train_opts, measure_run, indent=None, model_opts=None, **recorded):
     """For every seed and model of `args` (a comparison_parser's) without its JSON yet: train with
-    tools/train_net.py, `measure_run(model, seed, run_dir)`, record the machine, the training wall
-    time and `recorded`, write the JSON, drop the weights unless --keep-models. Models alternate
-    within a seed, so that a busier spell of the machine hits them alike."""
+    tools/train_net.py (`train_opts`, then `model_opts(model, seed)` if given), `measure_run(model,
+    seed, run_dir)`, record the machine, the training wall time and `recorded`, write the JSON, drop
+    the weights unless --keep-models. Models alternate within a seed, so that a busier spell of the
+    machine hits them alike."""
     for seed in args.seeds:
         for model in args.models:
             path = json_path(args.results, model, seed)
@@ -335,7 +336,8 @@ def train_and_measure(args, models, json_path, train_opts, measure_run, indent=N
             info["torch threads"] = args.threads
             load_start = info.pop("load average (1 min) at start", float("nan"))
             start = time.time()
-            seconds = train(models[model][0], seed, run_dir, args.threads, train_opts)
+            seconds = train(models[model][0], seed, run_dir, args.threads,
+                            list(train_opts) + (model_opts(model, seed) if model_opts else []))
             info["load average (1 min) at the start / end of training"] = f"{load_start} / {os.getloadavg()[0]:.1f}"
             result = measure_run(model, seed, run_dir)
             result.update(machine=machine_line(info), training_wall_seconds=seconds,  # 0: trained earlier

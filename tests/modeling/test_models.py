@@ -22,7 +22,8 @@ DETECTRON2_CONFIGS = sorted(
     os.path.relpath(p, CONFIG_DIR) for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
     if "pathfinder" not in os.path.relpath(p, CONFIG_DIR).split(os.sep))
 # Detectron2's own model on a project dataset: the baseline that the C-RBP one is compared with.
-FEED_FORWARD_CONFIGS = ("demo/panoptic_fpn_demo.yaml", "contours/panoptic_fpn_contours.yaml")
+FEED_FORWARD_CONFIGS = ("demo/panoptic_fpn_demo.yaml", "contours/panoptic_fpn_contours.yaml",
+                        "contours/panoptic_tracer_cnn_contours.yaml")
 
 
 def trainable(module):
@@ -164,6 +165,11 @@ def test_config_file_lookup(tmp_path, monkeypatch):
     (["MODEL.CRBP.TOL", float("nan")], "MODEL.CRBP.TOL"),
     (["MODEL.CRBP.MASK_HEAD.STATE_CHANNELS", -64], "MODEL.CRBP.MASK_HEAD.STATE_CHANNELS"),
     (["MODEL.CRBP.MASK_HEAD.STATE_CHANNELS", 48], "MODEL.CRBP.MASK_HEAD.STATE_CHANNELS"),  # 32 groups
+    (["MODEL.CRBP.TRACER.BODY", "transformer"], "MODEL.CRBP.TRACER.BODY"),
+    (["MODEL.CRBP.TRACER.GRID", 63], "MODEL.CRBP.TRACER.GRID"),  # STRIDE 2
+    (["MODEL.CRBP.TRACER.BOX_DIM", 1.5], "MODEL.CRBP.TRACER.BOX_DIM"),
+    (["MODEL.CRBP.TRACER.CONTEXT", 0.5], "MODEL.CRBP.TRACER.CONTEXT"),
+    (["MODEL.CRBP.TRACER.INIT_WEIGHTS", "no/such/tracer.pth"], "MODEL.CRBP.TRACER.INIT_WEIGHTS"),
 ])
 def test_bad_config_values_name_key_value_and_allowed(opts, key):
     with pytest.raises(ValueError) as info:
