@@ -56,6 +56,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.demo_compare import mean_std  # noqa: E402
 from benchmarks.contour_grouping import (DEPTH_BINS, DepthProfile, box_depth, box_region,  # noqa: E402
                                          contour_instances, iou, pasted, split_images)
 
@@ -148,9 +149,10 @@ class RoIInputs:
 
 # ------------------------------------------------------------------------------------ features
 @torch.no_grad()
-def cached_features(model, paths, backbone: bool = True):
+def cached_features(model, paths, backbone: bool = True, oracle_ink: bool = False):
     """FPN features of every image of a split (eval mode; not with `backbone` False), the normalised
-    image itself ("pixels"), and its things, in memory."""
+    image itself ("pixels"; with `oracle_ink` its contours' ground-truth pixels instead, 1 on 0 in
+    every channel), and its things, in memory."""
     from crbp_detectron.inference import read_image_rgb
 
     images, features = [], {}
@@ -162,7 +164,11 @@ def cached_features(model, paths, backbone: bool = True):
         batch = model.preprocess_image([{"image": torch.as_tensor(bgr)}])
         for name, f in (model.backbone(batch.tensor).items() if backbone else ()):
             features.setdefault(name, []).append(f[0])
-        features.setdefault(PIXELS, []).append(batch.tensor[0])
+        if oracle_ink:
+            ink = torch.from_numpy(contour_instances(image)[2]).float()
+            features.setdefault(PIXELS, []).append(ink.expand_as(batch.tensor[0]).contiguous())
+        else:
+            features.setdefault(PIXELS, []).append(batch.tensor[0])
         images.append(with_masks(image))
     return images, {k: torch.stack(v) for k, v in features.items()}
 
@@ -538,9 +544,10 @@ def write_head_picture(runs, inputs, images, features, to_contiguous, path):
     plt.close(fig)
 
 
-def input_variant(pixels: bool, marker: bool, context: float) -> str:
-    """The file-name suffix of a run's inputs, e.g. '_pixels_marker' or '_context1.25'."""
-    return ("_pixels" if pixels else "") + ("_marker" if marker else "") + (f"_context{context:g}" if context != 1 else "")
+def input_variant(pixels: bool, marker: bool, context: float, oracle_ink: bool = False) -> str:
+    """The file-name suffix of a run's inputs, e.g. '_pixels_marker', '_context1.25', '_oracle_ink'."""
+    return ("_pixels" if pixels else "") + ("_marker" if marker else "") + (f"_context{context:g}" if context != 1 else "") \
+        + ("_oracle_ink" if oracle_ink else "")
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -576,6 +583,10 @@ def main(argv=None):
     parser.add_argument("--tracer", action="store_true",
                         help="the heads are tracer heads (TracerMaskHead: the image itself, the box dimmed around): "
                              "no backbone features, so --weights is not needed")
+    parser.add_argument("--oracle-ink", action="store_true",
+                        help="with --tracer: the image replaced by its contours' ground-truth pixels (1 on 0, every "
+                             "channel), as Pathfinder draws its paths: what a tracer groups given a perfect ink "
+                             "front-end (a diagnostic; --iterations 0 measures the start weights as they are)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, help="folder for one JSON per head and seed, and the report")
     parser.add_argument("--report-only", action="store_true", help="the report from the folder's JSONs")
@@ -585,6 +596,8 @@ def main(argv=None):
         return 0
     if not args.weights and not args.tracer:
         parser.error("--weights is required (a trained model whose backbone and FPN are frozen)")
+    if args.oracle_ink and not args.tracer:
+        parser.error("--oracle-ink is for --tracer heads")
     if args.tracer and (args.pixels or args.marker or args.context != 1 or args.equilibrium or args.influence):
         parser.error("--tracer heads see the image and their box only: no --pixels, --marker, --context, "
                      "--equilibrium or --influence")
@@ -606,8 +619,8 @@ def main(argv=None):
         Checkpointer(model).load(args.weights)
     to_contiguous = MetadataCatalog.get("crbp_contours_train_separated").thing_dataset_id_to_contiguous_id
     start = time.time()
-    train_images, train_features = cached_features(model, paths["train"], backbone=not args.tracer)
-    val_images, val_features = cached_features(model, paths["val"], backbone=not args.tracer)
+    train_images, train_features = cached_features(model, paths["train"], not args.tracer, args.oracle_ink)
+    val_images, val_features = cached_features(model, paths["val"], not args.tracer, args.oracle_ink)
     print(f"features of {len(train_images)} + {len(val_images)} images in {time.time() - start:.0f} s", flush=True)
     inputs = RoIInputs(model.roi_heads.mask_pooler, model.roi_heads.mask_in_features, args.pixels, args.marker,
                        args.context, args.tracer)
@@ -639,7 +652,8 @@ def main(argv=None):
             with open(path) as f:
                 result = json.load(f)
             if (bool(result.get("marker")) == args.marker and bool(result.get("pixels")) == args.pixels
-                    and result.get("context", 1.0) == args.context and bool(result.get("tracer")) == args.tracer):
+                    and result.get("context", 1.0) == args.context and bool(result.get("tracer")) == args.tracer
+                    and bool(result.get("oracle_ink")) == args.oracle_ink):
                 yield path, result
 
     def trained_head(path, result):
@@ -654,7 +668,7 @@ def main(argv=None):
                 lowest[result["head"]] = (path, result)
         if not lowest:
             parser.error(f"--picture: no runs in {args.out} with these input flags")
-        picture = os.path.join(args.out, f"contour_mask_head_masks{input_variant(args.pixels, args.marker, args.context)}.png")
+        picture = os.path.join(args.out, f"contour_mask_head_masks{input_variant(args.pixels, args.marker, args.context, args.oracle_ink)}.png")
         write_head_picture([(result, trained_head(path, result)) for path, result in lowest.values()], inputs, *val,
                            picture)
         print(picture)
@@ -685,7 +699,9 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     for name, (config, overrides) in heads.items():
         for seed in args.seeds:
-            path = os.path.join(args.out, f"{name}{input_variant(args.pixels, args.marker, args.context)}_seed{seed}.json")
+            start_only = "" if args.iterations else "_start"  # --iterations 0: the start weights measured
+            path = os.path.join(args.out, f"{name}{input_variant(args.pixels, args.marker, args.context, args.oracle_ink)}"
+                                          f"{start_only}_seed{seed}.json")
             if os.path.isfile(path):
                 continue
             cfg, head = build_head(config, overrides, seed, inputs.extra_channels)
@@ -698,8 +714,9 @@ def main(argv=None):
                       "iterations": args.iterations, "cycles": args.cycles, "weights": args.weights, "train_seconds": seconds,
                       "optimizer": args.optimizer, "lr": args.lr, "min_iou": args.min_iou, "pixels": args.pixels,
                       "pixel_scale": pixel_scale, "marker": args.marker, "context": args.context,
-                      "tracer": args.tracer, "train_threads": args.threads,
-                      "loss_last_100": {k: float(np.mean([h[k] for h in history[-100:]])) for k in history[-1]},
+                      "tracer": args.tracer, "oracle_ink": args.oracle_ink, "train_threads": args.threads,
+                      "loss_last_100": {k: float(np.mean([h[k] for h in history[-100:]])) for k in history[-1]}
+                      if history else {},
                       "val": evaluate_head(head, inputs, val_images, val_features, to_contiguous)}
             if args.marker:
                 result["val"]["marker_influence"] = marker_influence(head, inputs, val_images, val_features,
@@ -722,7 +739,8 @@ def input_label(run) -> str:
     """What a run's heads saw: the RoI features, and the pixels and the marker where it added them,
     on the box or (--context) a larger region; a tracer head, the image around the box."""
     if run.get("tracer"):
-        return "image window, outside the box dimmed (tracer)"
+        seen = "contours' true pixels as ink (oracle)" if run.get("oracle_ink") else "image"
+        return f"{seen} window, outside the box dimmed (tracer)"
     region = region_label(run)
     return (" + ".join(["features"] + ["pixels"] * bool(run.get("pixels"))
                        + ["start marker (oracle)"] * bool(run.get("marker")))
@@ -749,6 +767,8 @@ def plot_equilibrium(runs, path):
 
 def iterations_label(run) -> str:
     cycles = run.get("cycles", 1)  # runs before --cycles trained one
+    if not run["iterations"]:
+        return "none (start weights)"
     return f"{cycles} x {run['iterations']}" if cycles > 1 else str(run["iterations"])
 
 
@@ -758,7 +778,37 @@ def optimizer_label(run) -> str:
 
 def training_label(run) -> str:
     """Optimizer, learning rate and iterations, e.g. 'adam 0.002, 3 x 1000'."""
+    if not run["iterations"]:
+        return iterations_label(run)
     return f"{optimizer_label(run)}, {iterations_label(run)}"
+
+
+TRACER_NOTE = """\
+Tracer heads (--tracer: TracerMaskHead) see no backbone features: each RoI's 128 px window of the
+image about its box, at half scale (64 x 64), every pixel outside the box at 0.4 of its value; the
+C-RBP tracer (hGRU, 64 steps) and the CNN tracer (six 3 x 3 conv layers) start from Pathfinder's runs
+given the box as their cue (projects/Pathfinder/results/pathfinder_crossings.md), the same seed.
+Seconds per iteration: one thread, on a CPU shared with the other runs (indicative)."""
+
+
+def seeds_table(runs, min_seeds: int = 3) -> str:
+    """One row per head, input and training with at least `min_seeds` seeds: mean ± std of the
+    oracle-box IoUs and crossing contours' own / other probability, seconds per iteration."""
+    from crbp_detectron.utils.tables import markdown_table
+
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["head"], input_label(r), training_label(r)), []).append(r)
+    pct = lambda rs, group, key: mean_std([100 * r["val"][group].get(key, float("nan")) for r in rs])  # noqa: E731
+    rows = [[head, label, training, ", ".join(str(r["seed"]) for r in rs),
+             pct(rs, "crossing", "mask_iou"), pct(rs, "single", "mask_iou"), pct(rs, "shapes", "mask_iou"),
+             pct(rs, "crossing", "own_probability"), pct(rs, "crossing", "other_probability"),
+             mean_std([r["train_seconds"] / (r["iterations"] * r.get("cycles", 1)) if r["iterations"] else None
+                       for r in rs], 2)]
+            for (head, label, training), rs in sorted(groups.items()) if len(rs) >= min_seeds]
+    return markdown_table(["head", "input", "training", "seeds", "crossing IoU (%)", "single IoU (%)",
+                           "shapes IoU (%)", "own prob. (crossing, %)", "other prob. (crossing, %)", "s / iteration"],
+                          rows)
 
 
 def write_report(folder):
@@ -822,7 +872,9 @@ def write_report(folder):
         f"--marker also the instance's own pixels within {MARKER_DEPTH} x its box's shorter side of the box's sides",
         "(where its contour enters the box: an oracle cue, as Pathfinder's marker); 'box x F' (--context F):",
         "the head sees and predicts its box scaled by F about its centre (where contours leave the box).",
-        f"Backbone weights: {sorted({r['weights'] for r in runs})}.", "",
+        f"Backbone weights: {sorted({r['weights'] for r in runs if r['weights']})} (tracer heads: none).", "",
+        "## Every head trained on three or more seeds (mean ± std over seeds)", "",
+        TRACER_NOTE, "", seeds_table(runs), "", "## Every run", "",
         markdown_table(["head", "input", "overrides", "optimizer, lr", "train box IoU >=", "iterations", "seed",
                         "crossing IoU", "single IoU", "crossing own / other prob.",
                         f"own prob. by depth {bins}", "other prob. by depth"], rows), ""]

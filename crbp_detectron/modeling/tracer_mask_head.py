@@ -26,7 +26,6 @@ from detectron2.layers import ROIAlign, ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, select_foreground_proposals
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead, build_mask_head
 from detectron2.structures import Instances
-from torch import nn
 
 from .mask_loss import MaskLossMixin
 from .meta_arch import require_collecting_meta_architecture
