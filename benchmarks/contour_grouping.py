@@ -215,9 +215,13 @@ def oracle_mask_probabilities(model, cfg, rgb, boxes, classes):
     thresholded at 0.5 exactly as in inference, the probabilities to 1/255."""
     from detectron2.structures import Boxes, Instances
 
+    from crbp_detectron.modeling import TracerROIHeads
+
     inputs, (sx, sy) = _model_input(cfg, rgb)
     images = model.preprocess_image([inputs])
     features = model.backbone(images.tensor)
+    if isinstance(model.roi_heads, TracerROIHeads):  # its mask head sees the image itself
+        features = TracerROIHeads.features_with_image(images, features)
     given = Instances(images.image_sizes[0])
     scaled = torch.tensor(boxes, dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
     given.pred_boxes = Boxes(scaled)

@@ -147,8 +147,14 @@ class TracerROIHeads(StandardROIHeads):
         return {"mask_in_features": [IMAGE], "mask_pooler": None,
                 "mask_head": build_mask_head(cfg, {IMAGE: ShapeSpec(channels=channels, stride=1)})}
 
+    @staticmethod
+    def features_with_image(images, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The features the heads receive: the backbone's and the normalised input batch (an
+        ImageList) as IMAGE; what forward_with_given_boxes needs when called directly."""
+        return {**features, IMAGE: images.tensor}
+
     def forward(self, images, features, proposals, targets=None):
-        return super().forward(images, {**features, IMAGE: images.tensor}, proposals, targets)
+        return super().forward(images, self.features_with_image(images, features), proposals, targets)
 
     def _forward_mask(self, features, instances):
         if self.training and self.max_train_mask_rois:

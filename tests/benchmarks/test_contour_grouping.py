@@ -2,6 +2,7 @@
 truth scores exactly the data's resolution bound, and the report is rebuilt from per-run JSONs."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -163,7 +164,8 @@ def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):
         (tmp_path / name).write_text(json.dumps(r))
     assert main(["--out", str(tmp_path), "--report-only"]) == 0
     text = (tmp_path / "contour_mask_head.md").read_text()
-    rows = {r[0]: r for r in table_rows(text.split("\n## ")[0], ("feedforward", "crbp_state8"))}  # the main table
+    every_run = text.split("## Every run")[1].split("\n## ")[0]  # the main table
+    rows = {r[0]: r for r in table_rows(every_run, ("feedforward", "crbp_state8"))}
     assert rows["feedforward"][1:10] == ["features + pixels", "-", "adam 0.001", "0.95", "50", "2", "0.412", "0.603",
                                          "0.61 / 0.37"]
     assert rows["feedforward"][10:] == ["0.70 0.60 0.50 0.40", "0.10 0.20 0.30 0.35"]
@@ -449,3 +451,85 @@ def test_mask_head_equilibrium_finds_a_contraction_settled_and_an_expansion_not(
     assert head.recurrence.test_steps is None  # the evaluation's steps are put back
     settled = result["distance_to_far_at_horizon"] < 0.1
     assert settled == (rate < 1)
+
+
+def test_tracer_heads_see_the_whole_image_and_train_and_measure_on_the_benchmark(data):
+    """--tracer: the head receives the image itself ({"image": ...}), no pooled features; a tracer
+    head (the CNN tracer, Pathfinder's geometry) trains with the benchmark's loop on jittered boxes
+    and is measured with oracle boxes; --oracle-ink gives it the contours' true pixels instead."""
+    from detectron2.modeling import build_model
+
+    from benchmarks.contour_mask_head import (HEADS, PIXELS, RoIInputs, build_head, cached_features, evaluate_head,
+                                              train_head)
+    from benchmarks.contour_grouping import contour_instances
+    from crbp_detectron.config import load_config
+    from crbp_detectron.modeling import TracerMaskHead
+    from crbp_detectron.modeling.tracer_mask_head import IMAGE
+
+    model = build_model(load_config(HEADS["feedforward"][0], ["MODEL.WEIGHTS", ""])).eval()
+    images, features = cached_features(model, data["val"], backbone=False)
+    assert set(features) == {PIXELS}
+    inputs = RoIInputs(model.roi_heads.mask_pooler, model.roi_heads.mask_in_features, tracer=True)
+    seen = inputs(features, [1], [None])
+    assert set(seen) == {IMAGE} and torch.equal(seen[IMAGE], features[PIXELS][[1]])
+    with pytest.raises(ValueError, match="tracer heads"):
+        RoIInputs(model.roi_heads.mask_pooler, ["p2"], pixels=True, tracer=True)
+    cfg, head = build_head(HEADS["tracer_cnn_scratch"][0], [], seed=0)
+    assert isinstance(head, TracerMaskHead)
+    to_contiguous = {c["id"]: i for i, c in enumerate(c for c in CATEGORIES if c["isthing"])}
+    history = train_head(head, cfg, inputs, images, features, to_contiguous, iterations=2, seed=0, batch=2,
+                         lr=1e-3, optimizer="adam")
+    assert len(history) == 2 and all(np.isfinite(h["loss_mask"]) for h in history)
+    result = evaluate_head(head, inputs, images, features, to_contiguous)
+    contours = sum(t["crossing"] is not None for im in images for t in im["things"])
+    assert result["crossing"]["n"] + result["single"]["n"] == contours
+    assert all(0 <= result[g]["mask_iou"] <= 1 for g in ("crossing", "single") if result[g]["n"])
+    _, ink = cached_features(model, data["val"], backbone=False, oracle_ink=True)
+    for k, image in enumerate(images):
+        every = torch.from_numpy(contour_instances(image)[2]).float()
+        assert all(torch.equal(ink[PIXELS][k, c], every) for c in range(3))
+
+
+def test_tracer_heads_start_from_their_seeds_pathfinder_run():
+    """The tracer heads' start weights: the Pathfinder run given the box as its cue with the run's
+    own seed, a committed file, for the head diagnostic and for the Panoptic FPN benchmark alike."""
+    import os
+
+    from benchmarks.contour_grouping import MODELS, model_opts
+    from benchmarks.contour_mask_head import HEADS, ROOT, build_head
+
+    for seed in (0, 1, 2):
+        for model, pathfinder_model in (("tracer", "crbp_continued_twice_steps64"), ("tracer_cnn", "cnn_continued_twice")):
+            opts = model_opts(model, seed)
+            assert opts[0] == "MODEL.CRBP.TRACER.INIT_WEIGHTS" and os.path.isfile(opts[1])
+            assert opts[1].endswith(os.path.join(f"{pathfinder_model}_boxed1000x2", f"seed{seed}_model.pth"))
+            assert MODELS[model][0] == HEADS[model][0]
+            assert HEADS[model][1][1].format(root=ROOT, seed=seed) == opts[1]
+    _, head = build_head(*HEADS["tracer_cnn"], seed=1)
+    saved = torch.load(model_opts("tracer_cnn", 1)[1], weights_only=True)
+    assert torch.allclose(head.tracer.front.conv.weight, saved["front.conv.weight"].expand(-1, 3, -1, -1) / 3)
+
+
+def test_mask_head_report_averages_heads_with_three_seeds(tmp_path):
+    """The report's seeds table: mean ± sample std per head with three or more seeds, start-weight
+    runs (--iterations 0) apart from trained ones."""
+    from benchmarks.contour_mask_head import main
+
+    def run(seed, crossing, iterations=100):
+        val = {"crossing": {"n": 3, "mask_iou": crossing, "own_probability": 0.6, "other_probability": 0.3},
+               "single": {"n": 1, "mask_iou": 0.5}, "shapes": {"n": 2, "mask_iou": 0.9}}
+        return {"head": "tracer", "config": "c.yaml", "overrides": [], "seed": seed, "iterations": iterations,
+                "cycles": 2, "weights": None, "train_seconds": 40.0, "optimizer": "adam", "lr": 0.002,
+                "tracer": True, "val": val}
+
+    for seed, crossing in enumerate((0.40, 0.50, 0.60)):
+        (tmp_path / f"tracer_seed{seed}.json").write_text(json.dumps(run(seed, crossing)))
+        (tmp_path / f"tracer_start_seed{seed}.json").write_text(json.dumps(run(seed, 0.1, iterations=0)))
+    (tmp_path / "other_seed0.json").write_text(json.dumps(dict(run(0, 0.9), head="other")))
+    assert main(["--out", str(tmp_path), "--report-only"]) == 0
+    text = (tmp_path / "contour_mask_head.md").read_text()
+    seeds = text.split("three or more seeds")[1].split("## Every run")[0]
+    rows = table_rows(seeds, ("tracer", "other"))
+    assert [r[2:6] for r in rows] == [["adam 0.002, 2 x 100", "0, 1, 2", "50.0 ± 10.0", "50.0 ± 0.0"],
+                                      ["none (start weights)", "0, 1, 2", "10.0 ± 0.0", "50.0 ± 0.0"]]
+    assert rows[0][1] == "image window, outside the box dimmed (tracer)" and rows[0][-1] == "0.20 ± 0.00"
