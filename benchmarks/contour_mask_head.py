@@ -585,7 +585,7 @@ def main(argv=None):
                             help=f"only measure {what}, from the folder's saved runs with these input flags that lack it")
     parser.add_argument("--picture", action="store_true",
                         help="only draw the masks of the folder's heads (saved runs with these input flags, the "
-                             "lowest seed of each) on crossing contours: contour_mask_head_masks<inputs>.png")
+                             "lowest seed of each) on crossing contours: contour_mask_head_masks[_tracer]<inputs>.png")
     parser.add_argument("--context", type=float, default=1.0,
                         help="each head sees and predicts its box scaled by this about its centre: > 1 shows where "
                              "contours leave the box (an instance's own never do)")
@@ -677,7 +677,9 @@ def main(argv=None):
                 lowest[result["head"]] = (path, result)
         if not lowest:
             parser.error(f"--picture: no runs in {args.out} with these input flags")
-        picture = os.path.join(args.out, f"contour_mask_head_masks{input_variant(args.pixels, args.marker, args.context, args.oracle_ink)}.png")
+        kind = "_tracer" if args.tracer else ""  # the runs are told apart by their heads, the pictures by this
+        picture = os.path.join(args.out, f"contour_mask_head_masks{kind}"
+                                         f"{input_variant(args.pixels, args.marker, args.context, args.oracle_ink)}.png")
         write_head_picture([(result, trained_head(path, result)) for path, result in lowest.values()], inputs, *val,
                            picture)
         print(picture)
