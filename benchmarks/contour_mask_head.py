@@ -73,6 +73,8 @@ FF = "contours/panoptic_fpn_contours.yaml"
 CRBP = "contours/panoptic_crbp_contours.yaml"
 TRACER = "contours/panoptic_tracer_contours.yaml"
 TRACER_CNN = "contours/panoptic_tracer_cnn_contours.yaml"
+TRACER_INK = "contours/panoptic_tracer_ink_contours.yaml"
+TRACER_CNN_INK = "contours/panoptic_tracer_cnn_ink_contours.yaml"
 # The tracer heads start from Pathfinder's runs trained with the box as the cue (same seed; both
 # models: Pathfinder's three cycles, then two cycles of 1000 on the contours drawn as Pathfinder's
 # with the box; projects/Pathfinder/experiments/crossings.py). {root}, {seed}: see build_head.
@@ -87,6 +89,9 @@ HEADS = {  # name: (config, overrides)
     # --tracer: TracerMaskHead on the image itself (C-RBP hGRU / Pathfinder's CNN), from Pathfinder
     "tracer": (TRACER, ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "crbp_continued_twice_steps64"]),
     "tracer_cnn": (TRACER_CNN, ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "cnn_continued_twice"]),
+    # ... on the ink net's map of thing pixels (TRACER.INK_LAYERS), the tracers from the same runs
+    "tracer_ink": (TRACER_INK, ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "crbp_continued_twice_steps64"]),
+    "tracer_cnn_ink": (TRACER_CNN_INK, ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "cnn_continued_twice"]),
     "tracer_scratch": (TRACER, []),
     "tracer_cnn_scratch": (TRACER_CNN, []),
 }
@@ -142,9 +147,9 @@ class RoIInputs:
         """`boxes`: one Boxes per image of `index`; `markers`: with `marker`, one (boxes, H, W) bool
         array per image, an instance's marker for each of its boxes."""
         if self.tracer:
-            from crbp_detectron.modeling.tracer_mask_head import IMAGE
+            from crbp_detectron.modeling.tracer_mask_head import IMAGE, THING_PIXELS
 
-            return {IMAGE: features[PIXELS][index]}
+            return {IMAGE: features[PIXELS][index], THING_PIXELS: features[THING_PIXELS][index]}
         pooled = [self.pooler([features[n][index] for n in self.names], boxes)]
         if self.pixel_pooler is not None:
             pooled.append(self.pixel_pooler([features[PIXELS][index]], boxes))
@@ -161,8 +166,10 @@ class RoIInputs:
 def cached_features(model, paths, backbone: bool = True, oracle_ink: bool = False):
     """FPN features of every image of a split (eval mode; not with `backbone` False), the normalised
     image itself ("pixels"; with `oracle_ink` its contours' ground-truth pixels instead, 1 on 0 in
-    every channel), and its things, in memory."""
+    every channel), the union of its thing masks (THING_PIXELS, an ink net's target), and its
+    things, in memory."""
     from crbp_detectron.inference import read_image_rgb
+    from crbp_detectron.modeling.tracer_mask_head import THING_PIXELS
 
     images, features = [], {}
     for image in split_images(paths):
@@ -179,6 +186,7 @@ def cached_features(model, paths, backbone: bool = True, oracle_ink: bool = Fals
         else:
             features.setdefault(PIXELS, []).append(batch.tensor[0])
         images.append(with_masks(image))
+        features.setdefault(THING_PIXELS, []).append(torch.from_numpy(images[-1]["masks"].any(0)).float()[None])
     return images, {k: torch.stack(v) for k, v in features.items()}
 
 
@@ -334,6 +342,23 @@ def evaluate_head(head, inputs, images, features, to_contiguous):
                                       if rs else None)
     out["crossing_by_depth"] = profile.result()
     return out
+
+
+@torch.no_grad()
+def ink_quality(head, images, features, threshold: float = 0.5):
+    """How well a tracer head's ink net finds the thing pixels on a split (whole images, eval
+    mode): IoU, precision and recall of its probability > `threshold` against the union of the
+    thing masks, and its recall of the contours' pixels alone."""
+    from crbp_detectron.modeling.tracer_mask_head import THING_PIXELS
+
+    head.eval()
+    found = head.ink_net(features[PIXELS]).sigmoid()[:, 0].numpy() > threshold
+    things = features[THING_PIXELS][:, 0].numpy() > 0.5
+    contours = np.stack([contour_instances(image)[2] for image in images])
+    both = (found & things).sum()
+    return {"threshold": threshold, "iou": float(both / max((found | things).sum(), 1)),
+            "precision": float(both / max(found.sum(), 1)), "recall": float(both / max(things.sum(), 1)),
+            "contour_recall": float((found & contours).sum() / max(contours.sum(), 1))}
 
 
 IOU_LOST = ("other_contours", "background", "missed_dashes", "missed_edges")
@@ -619,6 +644,7 @@ def main(argv=None):
     from crbp_detectron.checkpoint import Checkpointer
     from crbp_detectron.config import load_config
     from crbp_detectron.data.contours import generate_contour_dataset, register_contour_datasets
+    from crbp_detectron.modeling.tracer_mask_head import THING_PIXELS
 
     paths = generate_contour_dataset(progress=False)
     register_contour_datasets(progress=False)
@@ -633,7 +659,7 @@ def main(argv=None):
     print(f"features of {len(train_images)} + {len(val_images)} images in {time.time() - start:.0f} s", flush=True)
     inputs = RoIInputs(model.roi_heads.mask_pooler, model.roi_heads.mask_in_features, args.pixels, args.marker,
                        args.context, args.tracer)
-    keep = inputs.names + ([PIXELS] if args.pixels or args.tracer else [])
+    keep = inputs.names + ([PIXELS] if args.pixels or args.tracer else []) + ([THING_PIXELS] if args.tracer else [])
     train_features = {n: train_features[n] for n in keep}
     val_features = {n: val_features[n] for n in keep}
     pixel_scale = float(train_features[PIXELS].std()) if args.pixels else None
@@ -729,6 +755,8 @@ def main(argv=None):
                       "loss_last_100": {k: float(np.mean([h[k] for h in history[-100:]])) for k in history[-1]}
                       if history else {},
                       "val": evaluate_head(head, inputs, val_images, val_features, to_contiguous)}
+            if getattr(head, "ink_net", None) is not None:
+                result["val"]["ink"] = ink_quality(head, val_images, val_features)
             if args.marker:
                 result["val"]["marker_influence"] = marker_influence(head, inputs, val_images, val_features,
                                                                      to_contiguous)

@@ -155,6 +155,12 @@ def add_crbp_config(cfg):
     # Foreground RoIs per image that train the mask head (0: all, Detectron2's): each is one run
     # of the tracer on its window.
     _C.MODEL.CRBP.TRACER.MAX_TRAIN_ROIS_PER_IMAGE = 16
+    # An ink net (INK_LAYERS 3 x 3 convs of INK_CHANNELS at full resolution; 0: none, the tracer
+    # traces the image): the tracer traces its probability that a pixel is a thing's, trained on
+    # the union of the thing masks with INK_LOSS_WEIGHT x binary cross-entropy.
+    _C.MODEL.CRBP.TRACER.INK_LAYERS = 0
+    _C.MODEL.CRBP.TRACER.INK_CHANNELS = 16
+    _C.MODEL.CRBP.TRACER.INK_LOSS_WEIGHT = 1.0
 
     _C.MODEL.CRBP.FPN = CN()
     _C.MODEL.CRBP.FPN.LEVELS = ["p2", "p3", "p4", "p5"]  # FPN outputs made recurrent
@@ -466,9 +472,11 @@ def validate_crbp_config(cfg):
     t, pt = c.TRACER, p + "TRACER."
     _check_choice(t, "BODY", TRACER_BODIES, pt)
     _check_choice(t, "CELL_BN_STATISTICS", CELL_BN_STATISTICS, pt)
-    for key in ("CHANNELS", "FRONT_KERNEL_SIZE", "STRIDE", "CNN_LAYERS", "CNN_KERNEL_SIZE", "GRID"):
+    for key in ("CHANNELS", "FRONT_KERNEL_SIZE", "STRIDE", "CNN_LAYERS", "CNN_KERNEL_SIZE", "GRID", "INK_CHANNELS"):
         _check_number(t, key, pt, low=1, integer=True)
     _check_number(t, "MAX_TRAIN_ROIS_PER_IMAGE", pt, low=0, integer=True)
+    _check_number(t, "INK_LAYERS", pt, low=0, integer=True)
+    _check_number(t, "INK_LOSS_WEIGHT", pt, low=0)
     _check_number(t, "WINDOW", pt, low=0, low_open=True)
     _check_number(t, "CONTEXT", pt, low=1)
     _check_number(t, "BOX_DIM", pt, low=0, high=1)

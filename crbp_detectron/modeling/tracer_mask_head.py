@@ -14,24 +14,64 @@ instance's own contour does not, so the box tells the tracer its target as Pathf
 the box at the mask resolution (2 x ROI_MASK_HEAD.POOLER_RESOLUTION, as the conv head's deconv
 gives), class-agnostic, into Detectron2's mask_rcnn_loss and mask_rcnn_inference.
 
+With TRACER.INK_LAYERS > 0 the tracer does not trace the image itself but its ink: an ink net (a few
+3 x 3 convs at full resolution) gives every pixel's probability of being a thing's pixel, trained on
+the union of the ground-truth thing masks (loss_ink, binary cross-entropy, x INK_LOSS_WEIGHT) and by
+the mask loss through the tracer. Why: on a textured colour image the tracer's single squared-conv
+front-end must separate a thin contour from the background and group it at once; given the
+contours' true pixels the C-RBP tracer groups crossing contours far better than the CNN tracer
+(benchmarks/contour_mask_head.py --oracle-ink), so the ink net asks the front-end for exactly that.
+
 TracerROIHeads is StandardROIHeads whose mask head receives the image ({"image": the model's
-normalised input}) instead of pooled FPN features, and trains on at most
-TRACER.MAX_TRAIN_ROIS_PER_IMAGE foreground RoIs per image (one tracer run each).
+normalised input}) instead of pooled FPN features (and, in training, the union of the thing masks
+for the ink net), and trains on at most TRACER.MAX_TRAIN_ROIS_PER_IMAGE foreground RoIs per image
+(one tracer run each).
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ROIAlign, ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, select_foreground_proposals
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead, build_mask_head
-from detectron2.structures import Instances
+from detectron2.structures import BitMasks, Instances, PolygonMasks
+from torch import nn
 
 from .mask_loss import MaskLossMixin
 from .meta_arch import require_collecting_meta_architecture
-from .tracer import Tracer, build_tracer_body, load_tracer_weights
+from .tracer import Tracer, build_tracer_body, conv_stack, load_tracer_weights
 
 IMAGE = "image"  # the key of the image among the features the mask head receives
+THING_PIXELS = "thing_pixels"  # in training: the union of the ground-truth thing masks [B, 1, H, W]
+
+
+class InkNet(nn.Sequential):
+    """image [B, C, H, W] -> one logit per pixel [B, 1, H, W]: is it a thing's pixel. `layers`
+    3 x 3 convs with BatchNorm and ReLU at full resolution, then a 1 x 1 conv."""
+
+    def __init__(self, in_channels: int, channels: int = 16, layers: int = 4):
+        if layers < 1:
+            raise ValueError(f"an ink net needs at least one layer, got {layers}")
+        super().__init__(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                         nn.ReLU(inplace=True), *conv_stack(channels, layers - 1, 3), nn.Conv2d(channels, 1, 1))
+
+
+def thing_pixels(targets: List[Instances], shape) -> torch.Tensor:
+    """The union of each image's ground-truth thing masks, on the padded batch `shape` (B, C, H, W)
+    -> [B, 1, H, W] float (0 in the padding)."""
+    out = torch.zeros((shape[0], 1, shape[2], shape[3]))
+    for i, target in enumerate(targets):
+        if not len(target):
+            continue
+        if not target.has("gt_masks"):
+            raise ValueError("the ink net trains on the thing masks: the targets have no gt_masks (MODEL.MASK_ON?)")
+        masks = target.gt_masks
+        if isinstance(masks, PolygonMasks):
+            masks = BitMasks.from_polygon_masks(masks, *target.image_size)
+        union = masks.tensor.any(dim=0)
+        out[i, 0, :union.shape[0], :union.shape[1]] = union.float().cpu()
+    return out
 
 
 def roi_windows(boxes: torch.Tensor, window: float, context: float) -> torch.Tensor:
@@ -51,13 +91,17 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
 
     @configurable
     def __init__(self, *, tracer: Tracer, mask_size: int, grid: int = 64, window: float = 128.0,
-                 context: float = 1.25, box_dim: float = 0.4, dice_weight: float = 0.0, **kwargs):
+                 context: float = 1.25, box_dim: float = 0.4, dice_weight: float = 0.0,
+                 ink_net: Optional[nn.Module] = None, ink_loss_weight: float = 1.0, **kwargs):
         """
         Args:
-            tracer: the pixel-level tracer (its in_channels: the image's).
+            tracer: the pixel-level tracer (its in_channels: the image's, or 1 with an ink net).
             mask_size: M, the side of the mask logits per RoI.
             grid, window, context, box_dim: each RoI's window (module docstring).
             dice_weight: weight of a Dice term added to the mask cross-entropy (mask_loss.py).
+            ink_net: None (the tracer traces the image) or a module image -> [B, 1, H, W] logits of
+                thing pixels (InkNet), whose probability the tracer traces; trained with
+                ink_loss_weight x binary cross-entropy against the union of the thing masks.
             kwargs: BaseMaskRCNNHead's (loss_weight, vis_period).
         """
         super().__init__(**kwargs)
@@ -65,7 +109,13 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
             raise ValueError(f"box_dim must be in [0, 1], got {box_dim}")
         if window <= 0 or context < 1:
             raise ValueError(f"need window > 0 and context >= 1, got {window}, {context}")
+        if ink_net is not None and tracer.front.conv.in_channels != 1:
+            raise ValueError(f"with an ink net the tracer traces one channel, got in_channels "
+                             f"{tracer.front.conv.in_channels}")
+        if ink_loss_weight < 0:
+            raise ValueError(f"ink_loss_weight must be >= 0, got {ink_loss_weight}")
         self.tracer, self.dice_weight = tracer, dice_weight
+        self.ink_net, self.ink_loss_weight = ink_net, ink_loss_weight
         self.grid, self.window, self.context, self.box_dim = grid, window, context, box_dim
         self.sample_window = ROIAlign((grid, grid), 1.0, 0, aligned=True)
         self.pool_box = ROIAlign((mask_size, mask_size), 1.0, 0, aligned=True)
@@ -76,14 +126,16 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
         if t.BODY == "recurrent":
             require_collecting_meta_architecture(cfg, "MODEL.ROI_MASK_HEAD.NAME = 'TracerMaskHead'")
         channels = input_shape[IMAGE].channels if isinstance(input_shape, dict) else input_shape.channels
+        ink_net = InkNet(channels, t.INK_CHANNELS, t.INK_LAYERS) if t.INK_LAYERS else None
         tracer = Tracer(build_tracer_body(cfg, t.BODY, t.CHANNELS, t.CNN_LAYERS, t.CNN_KERNEL_SIZE, t.CELL_BN_STATISTICS),
-                        t.CHANNELS, t.FRONT_KERNEL_SIZE, t.STRIDE, in_channels=channels)
+                        t.CHANNELS, t.FRONT_KERNEL_SIZE, t.STRIDE, in_channels=1 if ink_net else channels)
         if t.INIT_WEIGHTS:
             load_tracer_weights(tracer, torch.load(t.INIT_WEIGHTS, map_location="cpu", weights_only=True))
         ret = super().from_config(cfg, input_shape)
         ret.update(tracer=tracer, mask_size=2 * cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, grid=t.GRID,
                    window=t.WINDOW, context=t.CONTEXT, box_dim=t.BOX_DIM,
-                   dice_weight=cfg.MODEL.ROI_MASK_HEAD.DICE_WEIGHT)
+                   dice_weight=cfg.MODEL.ROI_MASK_HEAD.DICE_WEIGHT, ink_net=ink_net,
+                   ink_loss_weight=t.INK_LOSS_WEIGHT)
         return ret
 
     @property
@@ -105,8 +157,13 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
         inside = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
         return torch.where(inside, view, self.box_dim * view), in_grid
 
-    def layers(self, x: Dict[str, torch.Tensor], boxes: List[torch.Tensor]) -> torch.Tensor:
+    def layers(self, x: Dict[str, torch.Tensor], boxes: List[torch.Tensor],
+               ink_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The mask logits [R, 1, M, M] of the boxes (one list per image of `x`); with an ink net,
+        of its `ink_logits` on the images (computed here if not given)."""
         image = x[IMAGE] if isinstance(x, dict) else x
+        if self.ink_net is not None:
+            image = (self.ink_net(image) if ink_logits is None else ink_logits).sigmoid()
         if sum(len(b) for b in boxes) == 0:
             side = self.pool_box.output_size[0]
             return image.new_zeros((0, 1, side, side))
@@ -117,7 +174,16 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
 
     def forward(self, x, instances: List[Instances]):
         boxes = [(i.proposal_boxes if self.training else i.pred_boxes).tensor for i in instances]
-        return self.loss_or_inference(self.layers(x, boxes), instances)
+        image = x[IMAGE] if isinstance(x, dict) else x
+        ink_logits = self.ink_net(image) if self.ink_net is not None else None
+        out = self.loss_or_inference(self.layers(x, boxes, ink_logits), instances)
+        if self.training and ink_logits is not None:
+            if not isinstance(x, dict) or THING_PIXELS not in x:
+                raise KeyError(f"TracerMaskHead's ink net trains on the union of the thing masks, features[{THING_PIXELS!r}]"
+                               " [B, 1, H, W]: TracerROIHeads gives it (or pass it with the image)")
+            target = x[THING_PIXELS].to(ink_logits)
+            out["loss_ink"] = self.ink_loss_weight * F.binary_cross_entropy_with_logits(ink_logits, target)
+        return out
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -148,17 +214,26 @@ class TracerROIHeads(StandardROIHeads):
                 "mask_head": build_mask_head(cfg, {IMAGE: ShapeSpec(channels=channels, stride=1)})}
 
     @staticmethod
-    def features_with_image(images, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def features_with_image(images, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
         """The features the heads receive: the backbone's and the normalised input batch (an
-        ImageList) as IMAGE; what forward_with_given_boxes needs when called directly."""
-        return {**features, IMAGE: images.tensor}
+        ImageList) as IMAGE (what forward_with_given_boxes needs when called directly); with
+        `targets`, the union of their thing masks as THING_PIXELS (for an ink net)."""
+        out = {**features, IMAGE: images.tensor}
+        if targets is not None:
+            out[THING_PIXELS] = thing_pixels(targets, images.tensor.shape).to(images.tensor.device)
+        return out
 
     def forward(self, images, features, proposals, targets=None):
-        return super().forward(images, self.features_with_image(images, features), proposals, targets)
+        with_ink = self.training and getattr(self.mask_head, "ink_net", None) is not None
+        return super().forward(images, self.features_with_image(images, features, targets if with_ink else None),
+                               proposals, targets)
 
     def _forward_mask(self, features, instances):
-        if self.training and self.max_train_mask_rois:
+        if not self.mask_on:
+            return {} if self.training else instances
+        if self.training:
             instances, _ = select_foreground_proposals(instances, self.num_classes)
-            instances = [x[torch.randperm(len(x), device=x.proposal_boxes.device)[:self.max_train_mask_rois]]
-                         if len(x) > self.max_train_mask_rois else x for x in instances]
-        return super()._forward_mask(features, instances)
+            if self.max_train_mask_rois:
+                instances = [x[torch.randperm(len(x), device=x.proposal_boxes.device)[:self.max_train_mask_rois]]
+                             if len(x) > self.max_train_mask_rois else x for x in instances]
+        return self.mask_head({k: features[k] for k in (IMAGE, THING_PIXELS) if k in features}, instances)

@@ -23,7 +23,7 @@ DETECTRON2_CONFIGS = sorted(
     if "pathfinder" not in os.path.relpath(p, CONFIG_DIR).split(os.sep))
 # Detectron2's own model on a project dataset: the baseline that the C-RBP one is compared with.
 FEED_FORWARD_CONFIGS = ("demo/panoptic_fpn_demo.yaml", "contours/panoptic_fpn_contours.yaml",
-                        "contours/panoptic_tracer_cnn_contours.yaml")
+                        "contours/panoptic_tracer_cnn_contours.yaml", "contours/panoptic_tracer_cnn_ink_contours.yaml")
 
 
 def trainable(module):
@@ -170,6 +170,8 @@ def test_config_file_lookup(tmp_path, monkeypatch):
     (["MODEL.CRBP.TRACER.BOX_DIM", 1.5], "MODEL.CRBP.TRACER.BOX_DIM"),
     (["MODEL.CRBP.TRACER.CONTEXT", 0.5], "MODEL.CRBP.TRACER.CONTEXT"),
     (["MODEL.CRBP.TRACER.INIT_WEIGHTS", "no/such/tracer.pth"], "MODEL.CRBP.TRACER.INIT_WEIGHTS"),
+    (["MODEL.CRBP.TRACER.INK_LAYERS", -1], "MODEL.CRBP.TRACER.INK_LAYERS"),
+    (["MODEL.CRBP.TRACER.INK_LOSS_WEIGHT", -0.5], "MODEL.CRBP.TRACER.INK_LOSS_WEIGHT"),
 ])
 def test_bad_config_values_name_key_value_and_allowed(opts, key):
     with pytest.raises(ValueError) as info:

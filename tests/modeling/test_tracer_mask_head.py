@@ -6,6 +6,7 @@ import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads.mask_head import build_mask_head
+from detectron2.structures import BitMasks, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 import crbp_detectron  # noqa: F401
@@ -13,12 +14,14 @@ from crbp_detectron.config import load_config
 from crbp_detectron.crbp import recurrent_blocks
 from crbp_detectron.modeling import Tracer, TracerMaskHead, load_tracer_weights
 from crbp_detectron.modeling.tracer import build_tracer_body
-from crbp_detectron.modeling.tracer_mask_head import IMAGE, roi_windows
+from crbp_detectron.modeling.tracer_mask_head import IMAGE, THING_PIXELS, InkNet, roi_windows, thing_pixels
 
 from .utils import TINY, synthetic_batch
 
 TRACER = "contours/panoptic_tracer_contours.yaml"
 TRACER_CNN = "contours/panoptic_tracer_cnn_contours.yaml"
+TRACER_INK = "contours/panoptic_tracer_ink_contours.yaml"
+TRACER_CNN_INK = "contours/panoptic_tracer_cnn_ink_contours.yaml"
 
 
 def head(config=TRACER, opts=()):
@@ -99,20 +102,23 @@ def tiny_tracer(config=TRACER, extra=()):
     return load_config(config, opts + list(extra))
 
 
-@pytest.mark.parametrize("config", [TRACER, TRACER_CNN])
+@pytest.mark.parametrize("config", [TRACER, TRACER_CNN, TRACER_INK, TRACER_CNN_INK])
 def test_a_panoptic_model_with_the_tracer_head_trains_and_the_gradient_reaches_the_tracer(config):
     model = build_model(tiny_tracer(config))
     assert isinstance(model.roi_heads.mask_head, TracerMaskHead)
+    ink_net = model.roi_heads.mask_head.ink_net
+    assert (ink_net is not None) == (config in (TRACER_INK, TRACER_CNN_INK))
     model.train()
     with EventStorage():
         losses = model(synthetic_batch())
         sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values()), losses
+    assert ("loss_ink" in losses) == (ink_net is not None)
     tracer = model.roi_heads.mask_head.tracer
-    for name, p in tracer.named_parameters():
+    for name, p in list(tracer.named_parameters()) + list((ink_net or torch.nn.Module()).named_parameters()):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     blocks = recurrent_blocks(model)
-    if config == TRACER:
+    if config in (TRACER, TRACER_INK):
         assert list(blocks) == ["roi_heads.mask_head.tracer.body"]
         assert "loss_penalty/roi_heads.mask_head.tracer.body" in losses
     else:
@@ -138,3 +144,41 @@ def test_training_mask_rois_are_capped_per_image():
     with EventStorage():
         model(synthetic_batch())
     assert seen == [[1, 1]]  # every image has foreground RoIs (its ground-truth boxes among them)
+
+
+def test_thing_pixels_are_the_union_of_the_masks_on_the_padded_batch():
+    a = Instances((6, 5), gt_masks=BitMasks(torch.zeros(2, 6, 5, dtype=torch.bool)))
+    a.gt_masks.tensor[0, 1, 1] = a.gt_masks.tensor[1, 4, 3] = a.gt_masks.tensor[1, 1, 1] = True
+    square = [[[0.0, 0.0, 4.0, 0.0, 4.0, 4.0, 0.0, 4.0]]]  # polygons: pixels 0..3 in x and y
+    b = Instances((7, 8), gt_masks=PolygonMasks(square))
+    empty = Instances((7, 8), gt_masks=BitMasks(torch.zeros(0, 7, 8, dtype=torch.bool)))
+    union = thing_pixels([a, b, empty], (3, 3, 8, 8))
+    assert union.shape == (3, 1, 8, 8)
+    expected_a = torch.zeros(8, 8)
+    expected_a[1, 1] = expected_a[4, 3] = 1
+    assert torch.equal(union[0, 0], expected_a)
+    expected_b = torch.zeros(8, 8)
+    expected_b[:4, :4] = 1
+    assert torch.equal(union[1, 0], expected_b)
+    assert not union[2].any()
+
+
+def test_the_ink_head_traces_the_ink_nets_map_and_needs_the_thing_pixels_in_training():
+    h = head(TRACER_INK)
+    assert isinstance(h.ink_net, InkNet) and h.tracer.front.conv.in_channels == 1
+    h.eval()
+    image = torch.randn(1, 3, 64, 64)
+    box = torch.tensor([[10.0, 12.0, 50.0, 40.0]])
+    seen = []
+    logits = h.tracer.logits
+    h.tracer.logits = lambda view: seen.append(view) or logits(view)
+    with torch.no_grad():
+        h.layers({IMAGE: image}, [box])
+        ink = h.ink_net(image).sigmoid()
+    expected, _ = h.views(ink, [box])
+    assert torch.allclose(seen[0], expected)
+    h.train()
+    proposals = Instances((64, 64), proposal_boxes=__import__("detectron2.structures", fromlist=["Boxes"]).Boxes(box),
+                          gt_classes=torch.tensor([0]), gt_masks=BitMasks(torch.ones(1, 64, 64, dtype=torch.bool)))
+    with EventStorage(), pytest.raises(KeyError, match=THING_PIXELS):
+        h({IMAGE: image}, [proposals])
