@@ -54,6 +54,8 @@ MODELS = {  # name: (config, label)
     "rbp": ("contours/panoptic_rbp_contours.yaml", "RBP, no penalty"),
     "tracer": ("contours/panoptic_tracer_contours.yaml", "C-RBP tracer mask head"),
     "tracer_cnn": ("contours/panoptic_tracer_cnn_contours.yaml", "CNN tracer mask head (feed-forward)"),
+    "tracer_ink": ("contours/panoptic_tracer_ink_contours.yaml", "C-RBP tracer mask head on an ink net"),
+    "tracer_cnn_ink": ("contours/panoptic_tracer_cnn_ink_contours.yaml", "CNN tracer mask head on an ink net"),
 }
 DEFAULT_MODELS = tuple(m for m in MODELS if not m.startswith("tracer"))
 # The tracer heads start from Pathfinder's runs trained with the box as the cue, the run's seed's
@@ -63,6 +65,7 @@ BOXED_TRACER = os.path.join("projects", "Pathfinder", "results", "crossings_trai
                             "seed{seed}_model.pth")
 MODEL_OPTS = {"tracer": ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "crbp_continued_twice_steps64"],
               "tracer_cnn": ["MODEL.CRBP.TRACER.INIT_WEIGHTS", BOXED_TRACER % "cnn_continued_twice"]}
+MODEL_OPTS.update(tracer_ink=MODEL_OPTS["tracer"], tracer_cnn_ink=MODEL_OPTS["tracer_cnn"])  # the same tracers
 
 
 def model_opts(model, seed):

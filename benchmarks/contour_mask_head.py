@@ -778,7 +778,8 @@ def input_label(run) -> str:
     """What a run's heads saw: the RoI features, and the pixels and the marker where it added them,
     on the box or (--context) a larger region; a tracer head, the image around the box."""
     if run.get("tracer"):
-        seen = "contours' true pixels as ink (oracle)" if run.get("oracle_ink") else "image"
+        seen = ("contours' true pixels as ink (oracle)" if run.get("oracle_ink")
+                else "ink net's thing pixels" if "ink" in run["val"] else "image")
         return f"{seen} window, outside the box dimmed (tracer)"
     region = region_label(run)
     return (" + ".join(["features"] + ["pixels"] * bool(run.get("pixels"))
@@ -827,6 +828,9 @@ Tracer heads (--tracer: TracerMaskHead) see no backbone features: each RoI's 128
 image about its box, at half scale (64 x 64), every pixel outside the box at 0.4 of its value; the
 C-RBP tracer (hGRU, 64 steps) and the CNN tracer (six 3 x 3 conv layers) start from Pathfinder's runs
 given the box as their cue (projects/Pathfinder/results/pathfinder_crossings.md), the same seed.
+The ink heads (tracer_ink, tracer_cnn_ink: TRACER.INK_LAYERS 4) trace an ink net's probability that a
+pixel is a thing's (four 3 x 3 convs at full resolution, trained on the union of the thing masks)
+instead of the image; ink IoU: its map > 0.5 against that union on the val split's whole images.
 Seconds per iteration: one thread, on a CPU shared with the other runs (indicative)."""
 
 
@@ -842,11 +846,13 @@ def seeds_table(runs, min_seeds: int = 3) -> str:
     rows = [[head, label, training, ", ".join(str(r["seed"]) for r in rs),
              pct(rs, "crossing", "mask_iou"), pct(rs, "single", "mask_iou"), pct(rs, "shapes", "mask_iou"),
              pct(rs, "crossing", "own_probability"), pct(rs, "crossing", "other_probability"),
+             mean_std([100 * r["val"]["ink"]["iou"] if "ink" in r["val"] else None for r in rs]),
              mean_std([r["train_seconds"] / (r["iterations"] * r.get("cycles", 1)) if r["iterations"] else None
                        for r in rs], 2)]
             for (head, label, training), rs in sorted(groups.items()) if len(rs) >= min_seeds]
     return markdown_table(["head", "input", "training", "seeds", "crossing IoU (%)", "single IoU (%)",
-                           "shapes IoU (%)", "own prob. (crossing, %)", "other prob. (crossing, %)", "s / iteration"],
+                           "shapes IoU (%)", "own prob. (crossing, %)", "other prob. (crossing, %)", "ink IoU (%)",
+                           "s / iteration"],
                           rows)
 
 

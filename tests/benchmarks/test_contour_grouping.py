@@ -464,14 +464,16 @@ def test_tracer_heads_see_the_whole_image_and_train_and_measure_on_the_benchmark
     from benchmarks.contour_grouping import contour_instances
     from crbp_detectron.config import load_config
     from crbp_detectron.modeling import TracerMaskHead
-    from crbp_detectron.modeling.tracer_mask_head import IMAGE
+    from crbp_detectron.modeling.tracer_mask_head import IMAGE, THING_PIXELS
 
     model = build_model(load_config(HEADS["feedforward"][0], ["MODEL.WEIGHTS", ""])).eval()
     images, features = cached_features(model, data["val"], backbone=False)
-    assert set(features) == {PIXELS}
+    assert set(features) == {PIXELS, THING_PIXELS}
+    for k, image in enumerate(images):  # an ink net's target: every thing's pixels, contours and shapes
+        assert torch.equal(features[THING_PIXELS][k, 0], torch.from_numpy(image["masks"].any(0)).float())
     inputs = RoIInputs(model.roi_heads.mask_pooler, model.roi_heads.mask_in_features, tracer=True)
     seen = inputs(features, [1], [None])
-    assert set(seen) == {IMAGE} and torch.equal(seen[IMAGE], features[PIXELS][[1]])
+    assert set(seen) == {IMAGE, THING_PIXELS} and torch.equal(seen[IMAGE], features[PIXELS][[1]])
     with pytest.raises(ValueError, match="tracer heads"):
         RoIInputs(model.roi_heads.mask_pooler, ["p2"], pixels=True, tracer=True)
     cfg, head = build_head(HEADS["tracer_cnn_scratch"][0], [], seed=0)
@@ -490,6 +492,30 @@ def test_tracer_heads_see_the_whole_image_and_train_and_measure_on_the_benchmark
         assert all(torch.equal(ink[PIXELS][k, c], every) for c in range(3))
 
 
+def test_the_ink_heads_ink_net_learns_the_thing_pixels_on_the_benchmark(data):
+    """An ink head (TRACER.INK_LAYERS) trained by the benchmark's loop: its ink loss goes down, and
+    its map finds the thing pixels better than at the start (ink_quality, on the training images)."""
+    from detectron2.modeling import build_model
+
+    from benchmarks.contour_mask_head import (HEADS, TRACER_CNN_INK, RoIInputs, build_head, cached_features,
+                                              ink_quality, train_head)
+    from crbp_detectron.config import load_config
+
+    model = build_model(load_config(HEADS["feedforward"][0], ["MODEL.WEIGHTS", ""])).eval()
+    images, features = cached_features(model, data["val"], backbone=False)
+    inputs = RoIInputs(model.roi_heads.mask_pooler, model.roi_heads.mask_in_features, tracer=True)
+    cfg, head = build_head(TRACER_CNN_INK, [], seed=0)
+    to_contiguous = {c["id"]: i for i, c in enumerate(c for c in CATEGORIES if c["isthing"])}
+    before = ink_quality(head, images, features)
+    history = train_head(head, cfg, inputs, images, features, to_contiguous, iterations=40, seed=0, batch=2,
+                         lr=5e-3, optimizer="adam")
+    ink = [h["loss_ink"] for h in history]
+    assert np.mean(ink[-5:]) < 0.7 * np.mean(ink[:5]), ink
+    after = ink_quality(head, images, features)
+    assert after["iou"] > before["iou"] + 0.1, (before, after)
+    assert all(0 <= after[k] <= 1 for k in ("iou", "precision", "recall", "contour_recall"))
+
+
 def test_tracer_heads_start_from_their_seeds_pathfinder_run():
     """The tracer heads' start weights: the Pathfinder run given the box as its cue with the run's
     own seed, a committed file, for the head diagnostic and for the Panoptic FPN benchmark alike."""
@@ -499,7 +525,9 @@ def test_tracer_heads_start_from_their_seeds_pathfinder_run():
     from benchmarks.contour_mask_head import HEADS, ROOT, build_head
 
     for seed in (0, 1, 2):
-        for model, pathfinder_model in (("tracer", "crbp_continued_twice_steps64"), ("tracer_cnn", "cnn_continued_twice")):
+        for model, pathfinder_model in (("tracer", "crbp_continued_twice_steps64"), ("tracer_cnn", "cnn_continued_twice"),
+                                        ("tracer_ink", "crbp_continued_twice_steps64"),
+                                        ("tracer_cnn_ink", "cnn_continued_twice")):
             opts = model_opts(model, seed)
             assert opts[0] == "MODEL.CRBP.TRACER.INIT_WEIGHTS" and os.path.isfile(opts[1])
             assert opts[1].endswith(os.path.join(f"{pathfinder_model}_boxed1000x2", f"seed{seed}_model.pth"))
@@ -508,6 +536,8 @@ def test_tracer_heads_start_from_their_seeds_pathfinder_run():
     _, head = build_head(*HEADS["tracer_cnn"], seed=1)
     saved = torch.load(model_opts("tracer_cnn", 1)[1], weights_only=True)
     assert torch.allclose(head.tracer.front.conv.weight, saved["front.conv.weight"].expand(-1, 3, -1, -1) / 3)
+    _, ink_head = build_head(*HEADS["tracer_cnn_ink"], seed=1)  # traces one channel: the weights as saved
+    assert torch.equal(ink_head.tracer.front.conv.weight, saved["front.conv.weight"])
 
 
 def test_mask_head_report_averages_heads_with_three_seeds(tmp_path):
