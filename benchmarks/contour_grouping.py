@@ -479,6 +479,34 @@ def measure(model_name, seed, run_dir, threads, opts, paths):
     return result
 
 
+def remeasure_memory(model_name, seed, run_dir, path, threads, opts, command):
+    """The saved bytes of a kept run's trained model (run_dir/model_final.pth) with the current
+    config, written into its JSON (the value measured at training kept beside it)."""
+    from detectron2.modeling import build_model
+
+    from crbp_detectron.checkpoint import Checkpointer
+    from crbp_detectron.config import load_config
+    from crbp_detectron.engine import register_datasets
+
+    weights = os.path.join(run_dir, "model_final.pth")
+    if not os.path.isfile(path) or not os.path.isfile(weights):
+        raise SystemExit(f"--memory needs the run's JSON ({path}) and its kept weights ({weights}: --keep-models)")
+    torch.set_num_threads(threads)
+    cfg = load_config(MODELS[model_name][0], ["SEED", str(seed)] + TEST_OPTS + list(opts) + model_opts(model_name, seed)
+                      + ["DATALOADER.NUM_WORKERS", "0", "MODEL.WEIGHTS", weights])
+    register_datasets(cfg)
+    model = build_model(cfg)
+    Checkpointer(model).load(weights)
+    with open(path) as f:
+        result = json.load(f)
+    result.setdefault("saved_for_backward_bytes_as_trained", result["saved_for_backward_bytes"])
+    result["saved_for_backward_bytes"] = training_saved_bytes(model, cfg)
+    result["memory_command"] = command
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(path, result["saved_for_backward_bytes_as_trained"] / 2**20, "->", result["saved_for_backward_bytes"] / 2**20)
+
+
 # ------------------------------------------------------------------------------------- report
 def load_runs(results_dir):
     folder = os.path.join(results_dir, FOLDER)
@@ -627,7 +655,17 @@ def write_report(results_dir, paths):
         "- detection recall: a detection of the class at box IoU >= 0.5 with score >= the panoptic confidence "
         "threshold.",
         "- saved for backward: bytes autograd keeps for the backward pass in one training forward on the same batch "
-        "(parameters excluded).", "",
+        "(parameters excluded)."]
+    remeasured = {}
+    for r in all_runs:
+        if "saved_for_backward_bytes_as_trained" in r:
+            remeasured.setdefault((r["label"], r["memory_command"]), []).append(r["saved_for_backward_bytes_as_trained"])
+    lines += [f"- {label}: measured again on the trained weights with the current config ({command}); as trained "
+              f"{' / '.join(f'{b / 2**20:.1f}' for b in trained)} MiB (the ink net's activations saved; "
+              "MODEL.CRBP.TRACER.INK_RECOMPUTE, exact, recomputes them in the backward)."
+              for (label, command), trained in sorted(remeasured.items())]
+    lines += [
+        "",
         "Machines (per run; a CPU shared with other jobs, so times are indicative):", "",
         *sorted({f"- {r['label']}, seed {r['seed']}: {r['machine']}" for r in all_runs}), "",
         "![oracle-box masks on crossing contours](contour_grouping.png)", "", *steps_lines,
@@ -653,6 +691,10 @@ def main(argv=None):
                         help="diagnostic: where the oracle-box masks of the trained --weights of the one model in "
                              "--models fall (own contour, other contours, no contour), test split; then the report")
     parser.add_argument("--weights", help="for --test-steps and --composition: a trained model_final.pth of that model")
+    parser.add_argument("--memory", action="store_true",
+                        help="measure again the training memory of the --models' --seeds runs kept in --out "
+                             "(--keep-models) with the current config (e.g. after an exact recomputation option "
+                             "changed it), keeping the value measured at training as saved_for_backward_bytes_as_trained")
     args = parser.parse_args(argv)
     if (args.test_steps or args.composition) and (len(args.models) != 1 or not args.weights):
         parser.error("--test-steps and --composition need one model in --models and its trained --weights")
@@ -689,6 +731,11 @@ def main(argv=None):
         result["command"] = command
         with open(os.path.join(args.results, FOLDER, f"{COMPOSITION_PREFIX}{args.models[0]}.json"), "w") as f:
             json.dump(result, f, indent=1)
+    elif args.memory:
+        for model_name in args.models:
+            for seed in args.seeds:
+                remeasure_memory(model_name, seed, os.path.join(args.out, f"{model_name}_seed{seed}"),
+                                 run_json(args.results, model_name, seed), args.threads, args.opts, command)
     elif not args.report_only:
         train_and_measure(args, MODELS, run_json, TEST_OPTS + list(args.opts),
                           lambda model, seed, run_dir: measure(model, seed, run_dir, args.threads, args.opts, paths),

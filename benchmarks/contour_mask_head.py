@@ -35,11 +35,15 @@ records the resolution bound of its region (what a head that outputs the ground 
 --tracer trains tracer heads (TracerMaskHead: Pathfinder's tracer on each RoI's window of the image
 itself, the box told by dimming what lies outside it; no backbone, so no --weights), from the
 Pathfinder runs given the box as their cue; --oracle-ink gives them the contours' ground-truth pixels
-(1 on 0) in place of the image: what a tracer groups with a perfect ink front-end:
+(1 on 0) in place of the image: what a tracer groups with a perfect ink front-end. The ink heads
+(tracer_ink, tracer_cnn_ink) are that front-end learnt: an ink net trained on the union of the thing
+masks gives the tracer its map of thing pixels (TRACER.INK_LAYERS; its quality on the val split is
+recorded as "ink"):
 
     python benchmarks/contour_mask_head.py --tracer --heads tracer tracer_cnn --iterations 1000 --cycles 2 \
         --optimizer adam --lr 0.002 --seeds 0 1 2 --out benchmarks/results/contour_mask_head
     python benchmarks/contour_mask_head.py --tracer --oracle-ink --heads tracer tracer_cnn ... (the same)
+    python benchmarks/contour_mask_head.py --tracer --heads tracer_ink tracer_cnn_ink ... (the same)
 
 For saved runs (each run keeps its head's weights beside its JSON), with the input flags they had:
 --equilibrium asks of each recurrent head what Pathfinder's equilibrium diagnostic asks (does its

@@ -161,6 +161,9 @@ def add_crbp_config(cfg):
     _C.MODEL.CRBP.TRACER.INK_LAYERS = 0
     _C.MODEL.CRBP.TRACER.INK_CHANNELS = 16
     _C.MODEL.CRBP.TRACER.INK_LOSS_WEIGHT = 1.0
+    # Recompute the ink net's full-resolution activations in the backward instead of saving them
+    # (exact; a few convs' compute for most of the head's training memory).
+    _C.MODEL.CRBP.TRACER.INK_RECOMPUTE = True
 
     _C.MODEL.CRBP.FPN = CN()
     _C.MODEL.CRBP.FPN.LEVELS = ["p2", "p3", "p4", "p5"]  # FPN outputs made recurrent

@@ -27,10 +27,12 @@ normalised input}) instead of pooled FPN features (and, in training, the union o
 for the ink net), and trains on at most TRACER.MAX_TRAIN_ROIS_PER_IMAGE foreground RoIs per image
 (one tracer run each).
 """
+import contextlib
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from detectron2.config import configurable
 from detectron2.layers import ROIAlign, ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, select_foreground_proposals
@@ -55,6 +57,30 @@ class InkNet(nn.Sequential):
             raise ValueError(f"an ink net needs at least one layer, got {layers}")
         super().__init__(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
                          nn.ReLU(inplace=True), *conv_stack(channels, layers - 1, 3), nn.Conv2d(channels, 1, 1))
+
+
+@contextlib.contextmanager
+def running_statistics_kept(module: nn.Module):
+    """BatchNorms in `module` normalise with the batch as in training but leave their running
+    statistics (and batch count) as they were: a recomputed forward must not count its batch twice."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, kept):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+def recomputed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x), its activations recomputed in the backward instead of saved (only x is kept);
+    exact: the same outputs, gradients and BatchNorm running statistics as module(x)."""
+    return torch.utils.checkpoint.checkpoint(
+        module, x, use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), running_statistics_kept(module)))
 
 
 def thing_pixels(targets: List[Instances], shape) -> torch.Tensor:
@@ -92,7 +118,8 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
     @configurable
     def __init__(self, *, tracer: Tracer, mask_size: int, grid: int = 64, window: float = 128.0,
                  context: float = 1.25, box_dim: float = 0.4, dice_weight: float = 0.0,
-                 ink_net: Optional[nn.Module] = None, ink_loss_weight: float = 1.0, **kwargs):
+                 ink_net: Optional[nn.Module] = None, ink_loss_weight: float = 1.0, ink_recompute: bool = True,
+                 **kwargs):
         """
         Args:
             tracer: the pixel-level tracer (its in_channels: the image's, or 1 with an ink net).
@@ -102,6 +129,9 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
             ink_net: None (the tracer traces the image) or a module image -> [B, 1, H, W] logits of
                 thing pixels (InkNet), whose probability the tracer traces; trained with
                 ink_loss_weight x binary cross-entropy against the union of the thing masks.
+            ink_recompute: in training, recompute the ink net's activations in the backward
+                instead of saving them (`recomputed`: exact; at full resolution they would be most
+                of the head's training memory).
             kwargs: BaseMaskRCNNHead's (loss_weight, vis_period).
         """
         super().__init__(**kwargs)
@@ -115,7 +145,7 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
         if ink_loss_weight < 0:
             raise ValueError(f"ink_loss_weight must be >= 0, got {ink_loss_weight}")
         self.tracer, self.dice_weight = tracer, dice_weight
-        self.ink_net, self.ink_loss_weight = ink_net, ink_loss_weight
+        self.ink_net, self.ink_loss_weight, self.ink_recompute = ink_net, ink_loss_weight, ink_recompute
         self.grid, self.window, self.context, self.box_dim = grid, window, context, box_dim
         self.sample_window = ROIAlign((grid, grid), 1.0, 0, aligned=True)
         self.pool_box = ROIAlign((mask_size, mask_size), 1.0, 0, aligned=True)
@@ -135,7 +165,7 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
         ret.update(tracer=tracer, mask_size=2 * cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, grid=t.GRID,
                    window=t.WINDOW, context=t.CONTEXT, box_dim=t.BOX_DIM,
                    dice_weight=cfg.MODEL.ROI_MASK_HEAD.DICE_WEIGHT, ink_net=ink_net,
-                   ink_loss_weight=t.INK_LOSS_WEIGHT)
+                   ink_loss_weight=t.INK_LOSS_WEIGHT, ink_recompute=t.INK_RECOMPUTE)
         return ret
 
     @property
@@ -175,7 +205,10 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
     def forward(self, x, instances: List[Instances]):
         boxes = [(i.proposal_boxes if self.training else i.pred_boxes).tensor for i in instances]
         image = x[IMAGE] if isinstance(x, dict) else x
-        ink_logits = self.ink_net(image) if self.ink_net is not None else None
+        ink_logits = None
+        if self.ink_net is not None:
+            recompute = self.ink_recompute and self.training and torch.is_grad_enabled()
+            ink_logits = recomputed(self.ink_net, image) if recompute else self.ink_net(image)
         out = self.loss_or_inference(self.layers(x, boxes, ink_logits), instances)
         if self.training and ink_logits is not None:
             if not isinstance(x, dict) or THING_PIXELS not in x:

@@ -107,6 +107,8 @@ def test_report_from_per_run_results(data, tmp_path):
                    "saved_for_backward_bytes": 2 ** 20, "seconds_per_iteration": 1.0, "training_wall_seconds": 60.0,
                    "pictures": pictures, "command": f"python benchmarks/contour_grouping.py --models {model}",
                    "machine": "cpu: test"}
+            if model == "crbp":  # measured again with --memory
+                run.update(saved_for_backward_bytes_as_trained=3 * 2 ** 20, memory_command="cg --memory")
             (folder / f"{model}_seed{seed}.json").write_text(json.dumps(run))
     depth = {"bins": cg.DEPTH_BINS, "own": [0.7, 0.6, 0.5, None], "other": [0.2, 0.3, 0.4, 0.45]}
     steps = {"model": "crbp", "label": cg.MODELS["crbp"][1], "weights": "model_final.pth", "split": "val",
@@ -135,6 +137,9 @@ def test_report_from_per_run_results(data, tmp_path):
     label = f"{cg.MODELS['crbp'][1]} (model_final.pth)"
     assert table_rows(md, [label]) == [[label, g, "10", "50.0", "40.0", "10.0", "60.0"] for g in ("single", "crossing")]
     assert (tmp_path / "results" / "contour_grouping.png").stat().st_size > 0
+    assert md.count("measured again") == 1
+    assert f"- {cg.MODELS['crbp'][1]}: measured again on the trained weights with the current config (cg --memory); " \
+           "as trained 3.0 / 3.0 MiB" in md
 
 
 def test_mask_head_diagnostic_report_from_its_jsons(tmp_path):

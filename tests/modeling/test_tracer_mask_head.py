@@ -6,7 +6,7 @@ import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads.mask_head import build_mask_head
-from detectron2.structures import BitMasks, Instances, PolygonMasks
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 import crbp_detectron  # noqa: F401
@@ -178,7 +178,38 @@ def test_the_ink_head_traces_the_ink_nets_map_and_needs_the_thing_pixels_in_trai
     expected, _ = h.views(ink, [box])
     assert torch.allclose(seen[0], expected)
     h.train()
-    proposals = Instances((64, 64), proposal_boxes=__import__("detectron2.structures", fromlist=["Boxes"]).Boxes(box),
-                          gt_classes=torch.tensor([0]), gt_masks=BitMasks(torch.ones(1, 64, 64, dtype=torch.bool)))
+    proposals = Instances((64, 64), proposal_boxes=Boxes(box), gt_classes=torch.tensor([0]),
+                          gt_masks=BitMasks(torch.ones(1, 64, 64, dtype=torch.bool)))
     with EventStorage(), pytest.raises(KeyError, match=THING_PIXELS):
         h({IMAGE: image}, [proposals])
+
+
+def test_the_recomputed_ink_net_is_exact_and_saves_only_its_input():
+    """INK_RECOMPUTE: the same loss, gradients and BatchNorm running statistics as the ink net run
+    normally, and the bytes saved for the backward drop to about the image's."""
+    from crbp_detectron.crbp.memory import saved_bytes
+
+    image = torch.randn(2, 3, 64, 64)
+    boxes = [torch.tensor([[10.0, 12.0, 50.0, 40.0]]), torch.tensor([[5.0, 5.0, 30.0, 60.0]])]
+    target = (torch.rand(2, 1, 64, 64) > 0.8).float()
+    proposals = [Instances((64, 64), proposal_boxes=Boxes(b), gt_classes=torch.tensor([0]),
+                           gt_masks=BitMasks(torch.rand(1, 64, 64) > 0.5)) for b in boxes]
+    runs = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        h = head(TRACER_CNN_INK, ["MODEL.CRBP.TRACER.INK_RECOMPUTE", recompute]).train()
+        with EventStorage():
+            nbytes, losses = saved_bytes(lambda: h({IMAGE: image, THING_PIXELS: target}, proposals),
+                                         exclude=list(h.parameters()))
+        sum(losses.values()).backward()
+        runs[recompute] = (nbytes, losses, {n: p.grad.clone() for n, p in h.named_parameters()},
+                           {n: b.clone() for n, b in h.ink_net.named_buffers()})
+    (plain_bytes, plain, plain_grads, plain_stats), (bytes_, same, grads, stats) = runs[False], runs[True]
+    for k in plain:
+        assert torch.allclose(plain[k], same[k], atol=1e-6), k
+    for n in plain_grads:
+        assert torch.allclose(plain_grads[n], grads[n], atol=1e-5, rtol=1e-4), n
+    for n in plain_stats:  # counted once, not again by the recomputation
+        assert torch.equal(plain_stats[n], stats[n]), n
+    ink_activations = 4 * 16 * image[:, :1].numel() * 4  # four 16-channel maps at full resolution, float32
+    assert plain_bytes - bytes_ > ink_activations
