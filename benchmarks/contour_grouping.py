@@ -454,16 +454,22 @@ def summarise(instances, contour_id):
     return out
 
 
-def measure(model_name, seed, run_dir, threads, opts, paths):
+def trained_run_config(model_name, seed, run_dir, opts):
+    """The config of a run trained in `run_dir`, its trained weights loaded (run_dir/model_final.pth)."""
     from crbp_detectron.config import load_config
+
+    return load_config(MODELS[model_name][0], ["OUTPUT_DIR", run_dir, "SEED", str(seed)] + TEST_OPTS + list(opts)
+                       + model_opts(model_name, seed)
+                       + ["DATALOADER.NUM_WORKERS", "0", "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth")])
+
+
+def measure(model_name, seed, run_dir, threads, opts, paths):
     from crbp_detectron.data.contours import CONTOUR_CATEGORY
     from crbp_detectron.engine import register_datasets
     from crbp_detectron.inference import Predictor
 
     torch.set_num_threads(threads)
-    cfg = load_config(MODELS[model_name][0], ["OUTPUT_DIR", run_dir, "SEED", str(seed)] + TEST_OPTS + list(opts)
-                      + model_opts(model_name, seed)
-                      + ["DATALOADER.NUM_WORKERS", "0", "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth")])
+    cfg = trained_run_config(model_name, seed, run_dir, opts)
     register_datasets(cfg)
     predictor = Predictor(cfg)
     model = predictor.model
@@ -482,21 +488,16 @@ def measure(model_name, seed, run_dir, threads, opts, paths):
 def remeasure_memory(model_name, seed, run_dir, path, threads, opts, command):
     """The saved bytes of a kept run's trained model (run_dir/model_final.pth) with the current
     config, written into its JSON (the value measured at training kept beside it)."""
-    from detectron2.modeling import build_model
-
-    from crbp_detectron.checkpoint import Checkpointer
-    from crbp_detectron.config import load_config
     from crbp_detectron.engine import register_datasets
+    from crbp_detectron.inference import Predictor
 
     weights = os.path.join(run_dir, "model_final.pth")
     if not os.path.isfile(path) or not os.path.isfile(weights):
         raise SystemExit(f"--memory needs the run's JSON ({path}) and its kept weights ({weights}: --keep-models)")
     torch.set_num_threads(threads)
-    cfg = load_config(MODELS[model_name][0], ["SEED", str(seed)] + TEST_OPTS + list(opts) + model_opts(model_name, seed)
-                      + ["DATALOADER.NUM_WORKERS", "0", "MODEL.WEIGHTS", weights])
+    cfg = trained_run_config(model_name, seed, run_dir, opts)
     register_datasets(cfg)
-    model = build_model(cfg)
-    Checkpointer(model).load(weights)
+    model = Predictor(cfg).model
     with open(path) as f:
         result = json.load(f)
     result.setdefault("saved_for_backward_bytes_as_trained", result["saved_for_backward_bytes"])

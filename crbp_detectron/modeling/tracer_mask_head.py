@@ -83,10 +83,10 @@ def recomputed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         context_fn=lambda: (contextlib.nullcontext(), running_statistics_kept(module)))
 
 
-def thing_pixels(targets: List[Instances], shape) -> torch.Tensor:
+def thing_pixels(targets: List[Instances], shape, device=None) -> torch.Tensor:
     """The union of each image's ground-truth thing masks, on the padded batch `shape` (B, C, H, W)
-    -> [B, 1, H, W] float (0 in the padding)."""
-    out = torch.zeros((shape[0], 1, shape[2], shape[3]))
+    -> [B, 1, H, W] float on `device` (0 in the padding)."""
+    out = torch.zeros((shape[0], 1, shape[2], shape[3]), device=device)
     for i, target in enumerate(targets):
         if not len(target):
             continue
@@ -96,7 +96,7 @@ def thing_pixels(targets: List[Instances], shape) -> torch.Tensor:
         if isinstance(masks, PolygonMasks):
             masks = BitMasks.from_polygon_masks(masks, *target.image_size)
         union = masks.tensor.any(dim=0)
-        out[i, 0, :union.shape[0], :union.shape[1]] = union.float().cpu()
+        out[i, 0, :union.shape[0], :union.shape[1]] = union.to(out)
     return out
 
 
@@ -204,9 +204,9 @@ class TracerMaskHead(MaskLossMixin, BaseMaskRCNNHead):
 
     def forward(self, x, instances: List[Instances]):
         boxes = [(i.proposal_boxes if self.training else i.pred_boxes).tensor for i in instances]
-        image = x[IMAGE] if isinstance(x, dict) else x
         ink_logits = None
         if self.ink_net is not None:
+            image = x[IMAGE] if isinstance(x, dict) else x
             recompute = self.ink_recompute and self.training and torch.is_grad_enabled()
             ink_logits = recomputed(self.ink_net, image) if recompute else self.ink_net(image)
         out = self.loss_or_inference(self.layers(x, boxes, ink_logits), instances)
@@ -253,7 +253,7 @@ class TracerROIHeads(StandardROIHeads):
         `targets`, the union of their thing masks as THING_PIXELS (for an ink net)."""
         out = {**features, IMAGE: images.tensor}
         if targets is not None:
-            out[THING_PIXELS] = thing_pixels(targets, images.tensor.shape).to(images.tensor.device)
+            out[THING_PIXELS] = thing_pixels(targets, images.tensor.shape, images.tensor.device)
         return out
 
     def forward(self, images, features, proposals, targets=None):
